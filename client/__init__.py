@@ -1,0 +1,1 @@
+"""mtserve.client: gRPC clients (sync and asyncio) and the command-line tools. Never imports torch."""

@@ -1,0 +1,1 @@
+"""mtserve.model: the Marian encoder-decoder network, its KV cache, tokenizer, checkpoints and search."""

@@ -1,0 +1,1 @@
+"""mtserve.proto: the public API (.proto files, package mtserve.v1)."""

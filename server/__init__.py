@@ -1,0 +1,1 @@
+"""mtserve.server: the gRPC service, the continuous-batching engine and its metrics."""
