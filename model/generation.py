@@ -1,0 +1,286 @@
+"""BatchDecoder: iteration-level batched decoding over KV-cache rows, shared by the Translator and the server.
+
+Texts ("groups") join between steps: one batched encoder pass for all newcomers fills their
+cross-attention K/V once, then every step runs one decoder pass over all rows of all groups. A group
+occupies `options.rows` rows (its beams or samples), kept contiguous; finished and cancelled groups
+leave, and beam reordering moves rows, through a single gather per step. Because every text runs the
+same code whatever else is in the batch, batching never changes its result (up to float rounding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .search import BeamSearch, GreedySearch, Hypothesis, SamplingSearch, SearchOptions, constrain
+from .transformer import MarianTransformer
+
+Search = GreedySearch | BeamSearch | SamplingSearch
+
+
+@dataclass
+class GroupEvent:
+    """What happened to one text in a step: new tokens (greedy, when streaming asked) and/or its results."""
+
+    group_id: Hashable
+    new_token_ids: list[int] | None = None
+    hypotheses: list[Hypothesis] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.hypotheses is not None
+
+
+@dataclass
+class _Group:
+    group_id: Hashable
+    options: SearchOptions
+    search: Search
+    source_length: int
+    stream: bool
+    start: int = 0  # first cache row
+
+
+@dataclass
+class _Pending:
+    group: _Group
+    source_ids: list[int]
+
+
+class BatchDecoder:
+    """Owns a model's KV cache of `num_rows` rows and decodes every text added to it, one step at a time."""
+
+    def __init__(self, model: MarianTransformer, num_rows: int) -> None:
+        config = model.config
+        self.model = model
+        self.num_rows = num_rows
+        self.device = model.lm_head.weight.device
+        self.pad_id, self.eos_id = config.pad_token_id, config.eos_token_id
+        self.start_id = config.decoder_start_token_id
+        self.forced_eos = config.forced_eos_token_id is not None
+        self.max_source_length = config.max_position_embeddings
+        self.max_target_length = config.max_position_embeddings
+        self.cache = model.new_cache(num_rows)
+        self._groups: list[_Group] = []  # in cache-row order
+        self._pending: list[_Pending] = []
+        self._cancelled: set[Hashable] = set()
+        # Host-side per-row state, in row order: the next input token and its position.
+        self._tokens: list[int] = []
+        self._positions: list[int] = []
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+
+    @property
+    def rows_in_use(self) -> int:
+        return len(self._tokens) + sum(p.group.search.rows for p in self._pending)
+
+    @property
+    def free_rows(self) -> int:
+        return self.num_rows - self.rows_in_use
+
+    @property
+    def num_groups(self) -> int:
+        return len(self._groups) + len(self._pending)
+
+    def has_work(self) -> bool:
+        return bool(self._groups or self._pending)
+
+    def check(self, source_ids: Sequence[int], options: SearchOptions) -> None:
+        """Raise ValueError when the text cannot be decoded by this model at all (limits named)."""
+        if not source_ids:
+            raise ValueError("source_ids is empty: a source ends with </s> at least")
+        if len(source_ids) > self.max_source_length:
+            raise ValueError(f"source is {len(source_ids)} tokens, the model accepts at most {self.max_source_length}")
+        if options.max_length > self.max_target_length:
+            raise ValueError(f"max_length {options.max_length} exceeds the model's limit {self.max_target_length}")
+        if options.rows > self.num_rows:
+            raise ValueError(f"{options.rows} beams/hypotheses exceed the decoder's {self.num_rows} rows")
+
+    def add(self, group_id: Hashable, source_ids: Sequence[int], options: SearchOptions, stream: bool = False) -> None:
+        """Queue a text; it is encoded at the start of the next step. Needs `options.rows` free rows."""
+        self.check(source_ids, options)
+        if options.rows > self.free_rows:
+            raise RuntimeError(f"{options.rows} rows needed, {self.free_rows} free: admit fewer texts")
+        search: Search
+        if options.sampling:
+            search = SamplingSearch(options, self.device)
+        elif options.beam_size > 1:
+            search = BeamSearch(options)
+        else:
+            search = GreedySearch(options)
+        group = _Group(group_id, options, search, len(source_ids), stream)
+        self._pending.append(_Pending(group, list(source_ids)))
+
+    def cancel(self, group_id: Hashable) -> None:
+        """Drop a text at the next step; its rows are freed then."""
+        self._cancelled.add(group_id)
+
+    # -- the step ---------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> list[GroupEvent]:
+        """Admit pending texts, run one decoder step for all rows, advance every search."""
+        self._drop_cancelled()
+        self._admit()
+        if not self._groups:
+            return []
+        tokens = torch.tensor(self._tokens, device=self.device)
+        positions = torch.tensor(self._positions, device=self.device)
+        target_length = max(self._positions) + 1
+        self.cache.reserve(target_length=target_length)
+        source_length = max(g.source_length for g in self._groups)
+        logits = self.model.decode_step(tokens, positions, self.cache, target_length, source_length)
+        logprobs = torch.log_softmax(logits, dim=-1)  # (N, V)
+        min_lengths, max_lengths = self._length_limits()
+        constrain(
+            logprobs,
+            positions,
+            min_lengths,
+            max_lengths,
+            pad_id=self.pad_id,
+            eos_id=self.eos_id,
+            forced_eos=self.forced_eos,
+        )
+        return self._advance(logprobs)
+
+    def _length_limits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mins: list[int] = []
+        maxs: list[int] = []
+        for group in self._groups:
+            rows = group.search.rows
+            mins += [group.options.min_length] * rows
+            maxs += [group.options.max_length] * rows
+        return torch.tensor(mins, device=self.device), torch.tensor(maxs, device=self.device)
+
+    def _advance(self, logprobs: torch.Tensor) -> list[GroupEvent]:
+        events: list[GroupEvent] = []
+        # Per group: the old rows its new rows copy (None = group finished) and each new row's token.
+        plans: list[tuple[list[int], list[int]] | None] = []
+        greedy = [g for g in self._groups if isinstance(g.search, GreedySearch)]
+        greedy_choice: dict[int, tuple[int, float]] = {}
+        if greedy:
+            rows = torch.tensor([g.start for g in greedy], device=self.device)
+            best, best_tokens = logprobs[rows].max(dim=-1)
+            for group, token, value in zip(greedy, best_tokens.tolist(), best.tolist(), strict=True):
+                greedy_choice[id(group)] = (token, value)
+        beam_choice = self._beam_candidates(logprobs)
+        vocab_size = logprobs.shape[-1]
+
+        for group in self._groups:
+            search = group.search
+            if isinstance(search, GreedySearch):
+                token, value = greedy_choice[id(group)]
+                done = search.advance(token, value, self.eos_id)
+                if group.stream and token != self.eos_id:
+                    events.append(GroupEvent(group.group_id, new_token_ids=[token]))
+                plans.append(None if done else ([group.start], [token]))
+            elif isinstance(search, BeamSearch):
+                scores, flat = beam_choice[id(group)]
+                done, sources, tokens = search.advance(scores, flat, vocab_size, self.eos_id)
+                plans.append(None if done else ([group.start + s for s in sources], tokens))
+            else:
+                rows = slice(group.start, group.start + search.rows)
+                tokens, values = search.choose(logprobs[rows])
+                keep = search.advance(tokens, values, self.eos_id)
+                plans.append(([group.start + k for k in keep], [tokens[k] for k in keep]) if keep else None)
+            if plans[-1] is None:
+                events.append(GroupEvent(group.group_id, hypotheses=search.hypotheses()))
+        self._relayout(plans)
+        return events
+
+    def _beam_candidates(self, logprobs: torch.Tensor) -> dict[int, tuple[list[float], list[int]]]:
+        """The 2K best (score, beam*V + token) of every beam group, computed together per beam size."""
+        by_size: dict[int, list[_Group]] = {}
+        for group in self._groups:
+            if isinstance(group.search, BeamSearch):
+                by_size.setdefault(group.search.rows, []).append(group)
+        result: dict[int, tuple[list[float], list[int]]] = {}
+        vocab_size = logprobs.shape[-1]
+        for beams, groups in by_size.items():
+            rows = torch.tensor([g.start + b for g in groups for b in range(beams)], device=self.device)
+            running = torch.tensor(
+                [g.search.running_scores for g in groups], dtype=torch.float32, device=self.device
+            )  # (G, K)
+            totals = (logprobs[rows].view(len(groups), beams, vocab_size) + running[:, :, None]).view(
+                len(groups), beams * vocab_size
+            )  # (G, K*V)
+            scores, flat = totals.topk(2 * beams, dim=-1)
+            for group, group_scores, group_flat in zip(groups, scores.tolist(), flat.tolist(), strict=True):
+                result[id(group)] = (group_scores, group_flat)
+        return result
+
+    def _relayout(self, plans: list[tuple[list[int], list[int]] | None]) -> None:
+        """Move surviving rows into their new places with one gather, and set the next step's inputs."""
+        sources: list[int] = []
+        tokens: list[int] = []
+        positions: list[int] = []
+        groups: list[_Group] = []
+        for group, plan in zip(self._groups, plans, strict=True):
+            if plan is None:
+                continue
+            rows, next_tokens = plan
+            next_position = self._positions[group.start] + 1
+            group.start = len(sources)
+            sources += rows
+            tokens += next_tokens
+            positions += [next_position] * len(rows)
+            groups.append(group)
+        self._move_rows(sources, positions)
+        self._groups, self._tokens, self._positions = groups, tokens, positions
+
+    def _move_rows(self, sources: list[int], positions: list[int]) -> None:
+        if sources == list(range(len(sources))):
+            return
+        self.cache.gather(
+            torch.tensor(sources, device=self.device),
+            target_length=max(positions, default=0),
+            source_length=max((g.source_length for g in self._groups), default=0),
+        )
+
+    def _drop_cancelled(self) -> None:
+        if not self._cancelled:
+            return
+        self._pending = [p for p in self._pending if p.group.group_id not in self._cancelled]
+        if any(g.group_id in self._cancelled for g in self._groups):
+            plans = [
+                None
+                if g.group_id in self._cancelled
+                else (
+                    list(range(g.start, g.start + g.search.rows)),
+                    self._tokens[g.start : g.start + g.search.rows],
+                )
+                for g in self._groups
+            ]
+            # _relayout advances positions by one; cancelling must not, so step them back first.
+            self._positions = [p - 1 for p in self._positions]
+            self._relayout(plans)
+        self._cancelled.clear()
+
+    def _admit(self) -> None:
+        """One encoder pass over all pending texts; their rows are appended after the running ones."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        longest = max(len(p.source_ids) for p in pending)
+        ids = torch.full((len(pending), longest), self.pad_id, dtype=torch.long)
+        for i, p in enumerate(pending):
+            ids[i, : len(p.source_ids)] = torch.tensor(p.source_ids)
+        lengths = torch.tensor([len(p.source_ids) for p in pending])
+        ids, lengths = ids.to(self.device), lengths.to(self.device)
+        mask = torch.arange(longest, device=self.device)[None, :] < lengths[:, None]  # (P, S)
+        memory = self.model.encode(ids, mask)  # (P, S, d)
+
+        repeats = torch.tensor([p.group.search.rows for p in pending], device=self.device)
+        first = len(self._tokens)
+        rows = torch.arange(first, first + int(repeats.sum()), device=self.device)
+        self.cache.reserve(source_length=longest)
+        self.model.fill_cross_attention(
+            self.cache, rows, memory.repeat_interleave(repeats, dim=0), lengths.repeat_interleave(repeats)
+        )
+        for p in pending:
+            p.group.start = len(self._tokens)
+            self._groups.append(p.group)
+            self._tokens += [self.start_id] * p.group.search.rows
+            self._positions += [0] * p.group.search.rows

@@ -1,0 +1,161 @@
+"""The Marian encoder-decoder transformer: a full no-cache pass (training, test oracle) and cached decoding.
+
+Parameter names equal the keys of Transformers' ``MarianMTModel`` state dict without the leading
+``model.``, so checkpoints load without a mapping table.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import MarianConfig
+from .kv_cache import KVCache
+from .layers import DecoderLayer, EncoderLayer, embedding_scale, sinusoidal_positions
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: MarianConfig, embed_tokens: nn.Embedding) -> None:
+        super().__init__()
+        self.embed_tokens = embed_tokens
+        self.layers = nn.ModuleList(
+            EncoderLayer(
+                config.d_model,
+                config.encoder_attention_heads,
+                config.encoder_ffn_dim,
+                config.activation_function,
+                config.dropout,
+                config.attention_dropout,
+                config.activation_dropout,
+            )
+            for _ in range(config.encoder_layers)
+        )
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: MarianConfig, embed_tokens: nn.Embedding) -> None:
+        super().__init__()
+        self.embed_tokens = embed_tokens
+        self.layers = nn.ModuleList(
+            DecoderLayer(
+                config.d_model,
+                config.decoder_attention_heads,
+                config.decoder_ffn_dim,
+                config.activation_function,
+                config.dropout,
+                config.attention_dropout,
+                config.activation_dropout,
+            )
+            for _ in range(config.decoder_layers)
+        )
+
+
+class MarianTransformer(nn.Module):
+    """Token embeddings + sinusoidal positions, post-norm encoder and decoder, output projection + bias."""
+
+    def __init__(self, config: MarianConfig) -> None:
+        super().__init__()
+        self.config = config
+        d_model, pad = config.d_model, config.pad_token_id
+        if config.share_encoder_decoder_embeddings:
+            self.shared = nn.Embedding(config.vocab_size, d_model, padding_idx=pad)
+            encoder_embed = decoder_embed = self.shared
+        else:
+            encoder_embed = nn.Embedding(config.vocab_size, d_model, padding_idx=pad)
+            decoder_embed = nn.Embedding(config.target_vocab_size, d_model, padding_idx=pad)
+        self.encoder = Encoder(config, encoder_embed)
+        self.decoder = Decoder(config, decoder_embed)
+        self.lm_head = nn.Linear(d_model, config.target_vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = decoder_embed.weight
+        self.register_buffer("final_logits_bias", torch.zeros(1, config.target_vocab_size))
+        # Static, so not part of the checkpoint (Transformers does not save them either).
+        self.register_buffer(
+            "positions", sinusoidal_positions(config.max_position_embeddings, d_model), persistent=False
+        )
+        self.embed_scale = embedding_scale(d_model, config.scale_embedding)
+
+    # -- pieces shared by both paths --------------------------------------------------------------
+
+    def _embed(self, embed_tokens: nn.Embedding, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = embed_tokens(ids) * self.embed_scale + self.positions[positions].to(embed_tokens.weight.dtype)
+        return F.dropout(x, self.config.dropout, self.training)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return (self.lm_head(hidden) + self.final_logits_bias).float()
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids (B, S), attention_mask (B, S) True at real tokens → encoder output (B, S, d)."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self._embed(self.encoder.embed_tokens, input_ids, positions)
+        mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        for layer in self.encoder.layers:
+            x = layer(x, mask)
+        return x
+
+    # -- the plain path: training and the test oracle -----------------------------------------------
+
+    def decode_full(
+        self, decoder_input_ids: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Every target position at once with a causal mask and no cache → logits (B, T, V) float32."""
+        positions = torch.arange(decoder_input_ids.shape[1], device=decoder_input_ids.device)
+        x = self._embed(self.decoder.embed_tokens, decoder_input_ids, positions)
+        mask = memory_mask.bool()[:, None, None, :]
+        for layer in self.decoder.layers:
+            x = layer(x, memory, mask)
+        return self._logits(x)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V): the training step's forward pass."""
+        return self.decode_full(decoder_input_ids, self.encode(input_ids, attention_mask), attention_mask)
+
+    # -- the cached path: serving ------------------------------------------------------------------
+
+    def fill_cross_attention(
+        self, cache: KVCache, rows: torch.Tensor, memory: torch.Tensor, source_lengths: torch.Tensor
+    ) -> None:
+        """Project the encoder output (N, S, d) once per decoder layer into the cross-attention rows (N,)."""
+        cache.set_source_length(rows, source_lengths)
+        for index, layer in enumerate(self.decoder.layers):
+            key, value = layer.encoder_attn.project_kv(memory)  # (N, H, S, D)
+            cache.write_cross(index, rows, key, value)
+
+    def decode_step(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache,
+        target_length: int,
+        source_length: int,
+    ) -> torch.Tensor:
+        """One token for each of the first N cache rows → next-token logits (N, V) float32.
+
+        tokens, positions: (N,). target_length = max(positions) + 1 and source_length = the longest source
+        among these rows, both known on the host so the step needs no device-to-host read.
+        """
+        x = self._embed(self.decoder.embed_tokens, tokens[:, None], positions[:, None])  # (N, 1, d)
+        self_mask, cross_mask = cache.masks(positions, target_length, source_length)
+        for index, layer in enumerate(self.decoder.layers):
+            x = layer.step(x, cache, index, positions, self_mask, cross_mask, target_length)
+        return self._logits(x[:, 0])
+
+    def new_cache(self, num_rows: int, *, max_target_length: int | None = None, initial_length: int = 64) -> KVCache:
+        config = self.config
+        weight = self.lm_head.weight
+        return KVCache(
+            config.decoder_layers,
+            num_rows,
+            config.decoder_attention_heads,
+            config.d_model // config.decoder_attention_heads,
+            max_target_length=max_target_length or config.max_position_embeddings,
+            dtype=weight.dtype,
+            device=weight.device,
+            initial_length=initial_length,
+        )
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,126 @@
+"""The offline API: load a Marian directory and translate a list of texts.
+
+    from mtserve.model import Translator
+    translator = Translator.load("path/to/opus-mt-de-en", device="auto", dtype="auto")
+    translator.translate(["Guten Morgen!"], beam_size=4)[0].text
+
+The server, the benchmarks and the parity tests all go through the same :class:`BatchDecoder`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import load_model
+from .config import MarianConfig
+from .generation import BatchDecoder
+from .search import Hypothesis, SearchOptions
+from .tokenizer import MarianTokenizer
+from .transformer import MarianTransformer
+
+
+@dataclass
+class TranslationHypothesis:
+    text: str
+    token_ids: list[int]
+    score: float
+
+
+@dataclass
+class Translation:
+    """The best hypothesis of one text, and the n-best list (best first) when more were asked for."""
+
+    text: str
+    token_ids: list[int]
+    score: float
+    hypotheses: list[TranslationHypothesis] = field(default_factory=list)
+    input_tokens: int = 0
+
+
+class Translator:
+    """A loaded model with its tokenizer."""
+
+    def __init__(
+        self,
+        model: MarianTransformer,
+        tokenizer: MarianTokenizer,
+        *,
+        max_batch_rows: int = 256,
+        load_seconds: float = 0.0,
+        path: Path | None = None,
+    ) -> None:
+        self.model = model
+        self.config: MarianConfig = model.config
+        self.tokenizer = tokenizer
+        self.max_batch_rows = max_batch_rows
+        self.load_seconds = load_seconds
+        self.path = path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        **kwargs: Any,
+    ) -> Translator:
+        started = time.perf_counter()
+        path = Path(path)
+        tokenizer = MarianTokenizer.from_dir(path)
+        _, model = load_model(path, device=device, dtype=dtype)
+        return cls(model, tokenizer, load_seconds=time.perf_counter() - started, path=path, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.lm_head.weight.dtype
+
+    def generate(self, sources: Sequence[Sequence[int]], options: SearchOptions) -> list[list[Hypothesis]]:
+        """Decode token-id sources (each ending in </s>); returns each source's hypotheses, best first."""
+        decoder = BatchDecoder(self.model, max(self.max_batch_rows, options.rows))
+        for source in sources:
+            decoder.check(source, options)
+        results: list[list[Hypothesis] | None] = [None] * len(sources)
+        waiting = list(range(len(sources)))
+        waiting.reverse()  # pop() from the end admits in input order
+        while waiting or decoder.has_work():
+            while waiting and decoder.free_rows >= options.rows:
+                index = waiting.pop()
+                decoder.add(index, sources[index], options)
+            for event in decoder.step():
+                if event.hypotheses is not None:
+                    results[event.group_id] = event.hypotheses  # type: ignore[index]
+        return [r or [] for r in results]
+
+    def translate(self, texts: Sequence[str], **options: Any) -> list[Translation]:
+        """Translate each text. Options are those of :class:`SearchOptions`; the n-best list is
+        filled when num_hypotheses > 1. An empty or whitespace-only text gives an empty translation
+        without running the model."""
+        search = SearchOptions(**{"max_length": self.default_max_length(), **options})
+        indices = [i for i, text in enumerate(texts) if text.strip()]
+        sources = [self.tokenizer.encode(texts[i]) for i in indices]
+        outputs = self.generate(sources, search)
+        results = [Translation("", [], 0.0) for _ in texts]
+        for index, source, hypotheses in zip(indices, sources, outputs, strict=True):
+            nbest = [
+                TranslationHypothesis(self.tokenizer.decode(h.token_ids), h.token_ids, h.score)
+                for h in hypotheses[: search.num_hypotheses]
+            ]
+            best = nbest[0]
+            results[index] = Translation(
+                best.text, best.token_ids, best.score, nbest if search.num_hypotheses > 1 else [], len(source)
+            )
+        return results
+
+    def default_max_length(self) -> int:
+        """Marian's own generation default is 512; cap it at what the position table allows."""
+        return min(512, self.config.max_position_embeddings)
