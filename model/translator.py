@@ -9,6 +9,7 @@ The server, the benchmarks and the parity tests all go through the same :class:`
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class Translator:
         max_batch_rows: int = 256,
         load_seconds: float = 0.0,
         path: Path | None = None,
+        defaults: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.config: MarianConfig = model.config
@@ -61,6 +63,8 @@ class Translator:
         self.max_batch_rows = max_batch_rows
         self.load_seconds = load_seconds
         self.path = path
+        #: SearchOptions defaults from the model's generation_config.json; explicit options override them.
+        self.defaults = {"max_length": self.default_max_length(), **(defaults or {})}
 
     @classmethod
     def load(
@@ -74,7 +78,9 @@ class Translator:
         path = Path(path)
         tokenizer = MarianTokenizer.from_dir(path)
         _, model = load_model(path, device=device, dtype=dtype)
-        return cls(model, tokenizer, load_seconds=time.perf_counter() - started, path=path, **kwargs)
+        defaults = generation_defaults(path, model.config.max_position_embeddings)
+        elapsed = time.perf_counter() - started
+        return cls(model, tokenizer, load_seconds=elapsed, path=path, defaults=defaults, **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -105,7 +111,7 @@ class Translator:
         """Translate each text. Options are those of :class:`SearchOptions`; the n-best list is
         filled when num_hypotheses > 1. An empty or whitespace-only text gives an empty translation
         without running the model."""
-        search = SearchOptions(**{"max_length": self.default_max_length(), **options})
+        search = SearchOptions(**{**self.defaults, **options})
         indices = [i for i, text in enumerate(texts) if text.strip()]
         sources = [self.tokenizer.encode(texts[i]) for i in indices]
         outputs = self.generate(sources, search)
@@ -124,3 +130,24 @@ class Translator:
     def default_max_length(self) -> int:
         """Marian's own generation default is 512; cap it at what the position table allows."""
         return min(512, self.config.max_position_embeddings)
+
+
+def generation_defaults(path: Path, max_positions: int) -> dict[str, Any]:
+    """SearchOptions defaults from generation_config.json (OPUS-MT ships num_beams, max_length there).
+
+    Transformers counts the decoder start token in max_length/min_length; SearchOptions does not.
+    """
+    try:
+        values = json.loads((path / "generation_config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    defaults: dict[str, Any] = {}
+    if isinstance(values.get("num_beams"), int) and values["num_beams"] >= 1:
+        defaults["beam_size"] = values["num_beams"]
+    if isinstance(values.get("max_length"), int) and values["max_length"] > 1:
+        defaults["max_length"] = min(values["max_length"] - 1, max_positions)
+    if isinstance(values.get("min_length"), int) and values["min_length"] > 1:
+        defaults["min_length"] = values["min_length"] - 1
+    if isinstance(values.get("length_penalty"), int | float):
+        defaults["length_penalty"] = float(values["length_penalty"])
+    return defaults

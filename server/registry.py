@@ -1,0 +1,137 @@
+"""The models a server serves: each loaded once, with its engine, languages and request defaults."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mtserve.model.translator import Translator
+
+from .config import ModelSpec, ServerConfig
+from .engine import Engine
+from .errors import DrainingError, ModelNotFoundError, NotReadyError
+from .metrics import Metrics
+from .runner import Runner
+from .scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+#: The model shipped inside the package (model/default/), served when no --model is given.
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "model" / "default"
+BUNDLED_MODEL_NAME = "default"
+
+
+def bundled_model_spec() -> ModelSpec:
+    import mtserve.model
+
+    path = Path(mtserve.model.__file__).resolve().parent / "default"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no --model was given and the bundled default model is not installed at {path}; "
+            "pass --model DIR (a Marian/OPUS-MT directory) or MTSERVE_MODEL"
+        )
+    return ModelSpec(BUNDLED_MODEL_NAME, str(path))
+
+
+def model_languages(path: Path) -> tuple[str, str]:
+    """(source, target) language codes, from tokenizer_config.json (OPUS-MT's source_lang/target_lang)."""
+    try:
+        values = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return "", ""
+    return str(values.get("source_lang") or ""), str(values.get("target_lang") or "")
+
+
+@dataclass
+class ServedModel:
+    name: str
+    path: Path
+    translator: Translator
+    engine: Engine
+    source_language: str
+    target_language: str
+    is_default: bool
+
+    @property
+    def max_source_length(self) -> int:
+        return self.translator.config.max_position_embeddings
+
+    @property
+    def max_target_length(self) -> int:
+        return self.translator.config.max_position_embeddings
+
+
+class ModelRegistry:
+    """Loads the configured models and hands out their engines; knows when the server is ready or draining."""
+
+    def __init__(self, config: ServerConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.models: dict[str, ServedModel] = {}
+        self.default_name: str | None = None
+        self.ready = False
+        self.draining = False
+
+    def load(self) -> None:
+        """Load every model, start its engine and warm it up (blocking; run it off the event loop)."""
+        specs = list(self.config.models) or [bundled_model_spec()]
+        default = self.config.default_model_name or specs[0].name
+        for spec in specs:
+            self.models[spec.name] = self._load_one(spec, is_default=spec.name == default)
+        self.default_name = default
+        self.ready = True
+
+    def _load_one(self, spec: ModelSpec, *, is_default: bool) -> ServedModel:
+        config = self.config
+        translator = Translator.load(spec.path, device=config.device, dtype=config.dtype)
+        # Warm-up: the first step pays for allocator and kernel initialisation, not the first caller.
+        translator.translate(["Warm-up."], max_length=4)
+        runner = Runner(translator, config.max_batch_size)
+        scheduler = Scheduler(config.max_batch_size, config.max_batch_tokens, config.max_queue)
+        engine = Engine(spec.name, runner, scheduler, self.metrics)
+        engine.start()
+        source, target = model_languages(Path(spec.path))
+        model = ServedModel(spec.name, Path(spec.path), translator, engine, source, target, is_default)
+        if self.metrics is not None:
+            self.metrics.add_model(spec.name, self.info_labels(model), translator.load_seconds)
+        log.info(
+            "loaded model %s from %s in %.2fs (%s, %s, %.1fM parameters)",
+            spec.name, spec.path, translator.load_seconds, translator.device, str(translator.dtype).removeprefix("torch."),
+            translator.model.num_parameters() / 1e6,
+        )  # fmt: skip
+        return model
+
+    @staticmethod
+    def info_labels(model: ServedModel) -> dict[str, str]:
+        config = model.translator.config
+        return {
+            "path": str(model.path),
+            "source_language": model.source_language,
+            "target_language": model.target_language,
+            "device": str(model.translator.device),
+            "dtype": str(model.translator.dtype).removeprefix("torch."),
+            "d_model": str(config.d_model),
+            "encoder_layers": str(config.encoder_layers),
+            "decoder_layers": str(config.decoder_layers),
+        }
+
+    def get(self, name: str) -> ServedModel:
+        """The model a request names ('' = the default); raises for unknown names, draining, not ready."""
+        if self.draining:
+            raise DrainingError()
+        if not self.ready:
+            raise NotReadyError()
+        model = self.models.get(name or self.default_name or "")
+        if model is None:
+            raise ModelNotFoundError(name, self.models)
+        return model
+
+    def ordered(self) -> list[ServedModel]:
+        """The default model first, then the others by name."""
+        return sorted(self.models.values(), key=lambda m: (not m.is_default, m.name))
+
+    def stop(self) -> None:
+        for model in self.models.values():
+            model.engine.stop()
