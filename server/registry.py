@@ -96,9 +96,10 @@ class ModelRegistry:
         model = ServedModel(spec.name, Path(spec.path), translator, engine, source, target, is_default)
         if self.metrics is not None:
             self.metrics.add_model(spec.name, self.info_labels(model), translator.load_seconds)
+        labels = self.info_labels(model)
         log.info(
             "loaded model %s from %s in %.2fs (%s, %s, %.1fM parameters)",
-            spec.name, spec.path, translator.load_seconds, translator.device, str(translator.dtype).removeprefix("torch."),
+            spec.name, spec.path, translator.load_seconds, labels["device"], labels["dtype"],
             translator.model.num_parameters() / 1e6,
         )  # fmt: skip
         return model

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 
 import torch
+
 from mtserve.model.generation import BatchDecoder, GroupEvent
 from mtserve.model.search import SearchOptions
 from mtserve.model.translator import Translator
