@@ -1,0 +1,197 @@
+"""The synchronous client.
+
+    from mtserve.client import TranslationClient
+
+    with TranslationClient("localhost:50051") as client:
+        for r in client.translate(["Hello world."], beam_size=4):
+            print(r.text)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mtserve.proto.api import pb2, pb2_grpc
+
+from ._common import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    DecodingOptions,
+    RetryPolicy,
+    build_request,
+    channel_credentials,
+    channel_options,
+    channel_target,
+    deadline_after,
+    model_from_pb,
+    remaining,
+    result_from_pb,
+    stream_item_from_pb,
+)
+from .types import ModelInfo, PartialResult, TranslationError, TranslationResult
+
+T = TypeVar("T")
+_UNSET: Any = object()
+
+
+class TranslationClient:
+    """A blocking client of mtserve's TranslationService.
+
+    Args:
+        target_or_targets: "host:port", any gRPC target ("dns:///svc:50051"), or several
+            "host:port" (a list or comma-separated) to spread calls over with round_robin.
+        timeout: default deadline of a call in seconds, retries included (None: no deadline).
+        retries: how many times a call failing with UNAVAILABLE is retried (others never are).
+        credentials / root_certificates / tls: TLS; plaintext when none is given. root_certificates
+            is PEM bytes or a file path; tls=True uses the system's roots.
+        lb_policy: the gRPC load-balancing policy ("round_robin", or None for gRPC's pick_first).
+    """
+
+    def __init__(
+        self,
+        target_or_targets: str | Sequence[str],
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        retry_policy: RetryPolicy | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        root_certificates: bytes | str | Path | None = None,
+        tls: bool = False,
+        lb_policy: str | None = "round_robin",
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = channel_target(target_or_targets)
+        self.timeout = timeout
+        self.retry_policy = retry_policy or RetryPolicy(retries=retries)
+        creds = channel_credentials(credentials, root_certificates, tls)
+        opts = [*channel_options(lb_policy), *options]
+        self._channel = (grpc.secure_channel(self.target, creds, options=opts) if creds is not None
+                         else grpc.insecure_channel(self.target, options=opts))
+        self._stub = pb2_grpc.TranslationServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    # -- calls ------------------------------------------------------------------------------------
+
+    def translate(
+        self,
+        texts: str | Sequence[str],
+        model: str | None = None,
+        *,
+        beam_size: int | None = None,
+        max_length: int | None = None,
+        length_penalty: float | None = None,
+        num_hypotheses: int | None = None,
+        return_scores: bool = False,
+        sampling_temperature: float | None = None,
+        sampling_topk: int | None = None,
+        sampling_topp: float | None = None,
+        seed: int | None = None,
+        source_language: str | None = None,
+        target_language: str | None = None,
+        timeout: float | None = _UNSET,
+    ) -> list[TranslationResult]:
+        """Translate ``texts``; one result per text, in order. None options take the server's defaults."""
+        options = DecodingOptions(beam_size, max_length, length_penalty, num_hypotheses, return_scores,
+                                  sampling_temperature, sampling_topk, sampling_topp, seed)
+        request = build_request(texts, model, options, source_language, target_language)
+        response = self._call(self._stub.Translate, request, timeout)
+        return [result_from_pb(r, response.model) for r in response.results]
+
+    def translate_stream(
+        self,
+        texts: str | Sequence[str],
+        model: str | None = None,
+        *,
+        partial: bool = False,
+        beam_size: int | None = None,
+        max_length: int | None = None,
+        length_penalty: float | None = None,
+        num_hypotheses: int | None = None,
+        return_scores: bool = False,
+        sampling_temperature: float | None = None,
+        sampling_topk: int | None = None,
+        sampling_topp: float | None = None,
+        seed: int | None = None,
+        source_language: str | None = None,
+        target_language: str | None = None,
+        timeout: float | None = _UNSET,
+    ) -> Iterator[TranslationResult | PartialResult]:
+        """Yield each text's result as soon as it is done (any order; see ``.index``).
+
+        With ``partial=True`` (greedy decoding) also yield PartialResult items with the growing
+        text. A failure before the first message is retried like ``translate``; after it, not.
+        """
+        options = DecodingOptions(beam_size, max_length, length_penalty, num_hypotheses, return_scores,
+                                  sampling_temperature, sampling_topk, sampling_topp, seed)
+        request = build_request(texts, model, options, source_language, target_language, partial)
+        deadline = deadline_after(self.timeout if timeout is _UNSET else timeout)
+        delays = self.retry_policy.delays()
+        while True:
+            call = self._stub.TranslateStream(request, timeout=remaining(deadline))
+            received = False
+            try:
+                for message in call:
+                    received = True
+                    item = stream_item_from_pb(message)
+                    if item is not None:
+                        yield item
+                return
+            except grpc.RpcError as error:
+                if received:
+                    raise TranslationError.from_rpc_error(error) from None
+                self._sleep_or_raise(error, delays, deadline)
+            finally:
+                call.cancel()  # no-op when done; stops the server's work when the caller stops early
+
+    def list_models(self, *, timeout: float | None = _UNSET) -> list[ModelInfo]:
+        response = self._call(self._stub.ListModels, pb2.ListModelsRequest(), timeout)
+        return [model_from_pb(m) for m in response.models]
+
+    def health(self, service: str = "", *, timeout: float | None = _UNSET) -> str:
+        """The grpc.health.v1 status of ``service`` ("" = the server): "SERVING", "NOT_SERVING", ...
+
+        Not retried: a health check reports what it finds.
+        """
+        t = self.timeout if timeout is _UNSET else timeout
+        try:
+            response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=t)
+        except grpc.RpcError as error:
+            raise TranslationError.from_rpc_error(error) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _call(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
+        deadline = deadline_after(self.timeout if timeout is _UNSET else timeout)
+        delays = self.retry_policy.delays()
+        while True:
+            try:
+                return method(request, timeout=remaining(deadline))
+            except grpc.RpcError as error:
+                self._sleep_or_raise(error, delays, deadline)
+
+    @staticmethod
+    def _sleep_or_raise(error: grpc.RpcError, delays: Iterator[float], deadline: float | None) -> None:
+        delay = next(delays, None) if RetryPolicy.retryable(error) else None
+        left = remaining(deadline)
+        if delay is None or (left is not None and left <= delay):
+            raise TranslationError.from_rpc_error(error) from None
+        time.sleep(delay)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> TranslationClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["TranslationClient"]

@@ -1,0 +1,92 @@
+"""The ``mtserve`` command: a dispatcher that imports each subcommand only when it runs.
+
+``serve`` and ``train`` need torch; ``translate``, ``models`` and ``bench`` are
+client tools that must start fast and work where torch is not installed, so
+nothing here imports more than the chosen subcommand needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+# name -> (module, function, one-line help). The function takes argv (after the subcommand) and
+# returns an exit code.
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "serve": ("mtserve.server.cli", "serve_main", "serve translation models over gRPC"),
+    "translate": ("mtserve.client.cli", "translate_main", "translate text with a running server"),
+    "models": ("mtserve.client.cli", "models_main", "list the models a server serves"),
+    "bench": ("mtserve.client.bench", "main", "load-test a server (closed loop, like ghz)"),
+    "train": ("mtserve.model.train", "main", "train a model (writes the Marian layout)"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = ["usage: mtserve <command> [options]   (mtserve <command> --help for its options)", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _load(name: str) -> Callable[[list[str]], int] | None:
+    module_name, function, _ = SUBCOMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:  # a dependency of the module is missing: that is a real error
+            raise
+        return None
+    return getattr(module, function, None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in SUBCOMMANDS:
+        print(f"mtserve: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    run = _load(name)
+    if run is None:
+        module_name, function, _ = SUBCOMMANDS[name]
+        print(f"mtserve {name}: not available in this installation ({module_name}.{function} is missing)",
+              file=sys.stderr)
+        return 2
+    return int(run(rest) or 0)
+
+
+# -- serve --------------------------------------------------------------------------------------
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    """``mtserve serve``: parse flags and env into a ServerConfig and hand it to ``mtserve.server.app.serve``."""
+    from .config import build_serve_parser, config_from_args, configure_logging
+
+    parser = build_serve_parser()
+    args = parser.parse_args(list(argv))
+    try:
+        config = config_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))  # exits 2
+    configure_logging(config.log_level)
+    try:
+        from . import app
+    except ModuleNotFoundError as e:
+        if e.name != "mtserve.server.app":
+            raise
+        print("mtserve serve: the server application (mtserve.server.app) is not part of this build yet",
+              file=sys.stderr)
+        return 2
+    serve = getattr(app, "serve", None)
+    if serve is None:
+        print("mtserve serve: mtserve.server.app has no serve(config) function", file=sys.stderr)
+        return 2
+    return int(serve(config) or 0)  # serve() logs render_config(config) at start
+
+
+if __name__ == "__main__":
+    sys.exit(main())

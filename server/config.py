@@ -1,0 +1,317 @@
+"""The server's configuration: a validated dataclass, the ``mtserve serve`` flags, and their env variables.
+
+Every flag ``--some-flag`` can also come from the environment as
+``MTSERVE_SOME_FLAG``; a flag wins over the environment, which wins over the
+default. ``--model`` repeats; its env variable takes a comma-separated list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ENV_PREFIX = "MTSERVE_"
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# gRPC's default receive limit; raised when the configured texts could be larger (UTF-8: <= 4 bytes/char).
+_DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to serve: the name requests use, and its directory (Marian layout)."""
+
+    name: str
+    path: str
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """``NAME=DIR``, or ``DIR`` alone (named after its last path component)."""
+        name, sep, path = text.partition("=")
+        if not sep or not MODEL_NAME_RE.match(name):
+            name, path = os.path.basename(os.path.normpath(text)), text
+        if not path:
+            raise ValueError(f"model {text!r}: expected NAME=DIR or DIR")
+        if not MODEL_NAME_RE.match(name):
+            raise ValueError(f"model {text!r}: name {name!r} must match {MODEL_NAME_RE.pattern}")
+        return cls(name, path)
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.path}"
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``mtserve serve`` can be told. Invalid values raise ValueError quoting them."""
+
+    # Models to serve; none = the bundled default model. Strings "NAME=DIR" / "DIR" are accepted.
+    models: Sequence[ModelSpec | str] = ()
+    # Model used when a request names none; None = the first of `models`.
+    default_model: str | None = None
+    host: str = "0.0.0.0"
+    port: int = 50051  # 0: any free port
+    metrics_port: int | None = 9090  # 0: any free port; None: no /metrics endpoint
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    # KV-cache rows per model: running texts' beams and samples together (the decoder batch).
+    max_batch_size: int = 64
+    # New source tokens admitted per step (the encoder pass of newcomers); one longer text still runs alone.
+    max_batch_tokens: int = 8192
+    # Texts (sequence groups) waiting per model before calls fail with RESOURCE_EXHAUSTED.
+    max_queue: int = 1024
+    max_texts_per_request: int = 128
+    max_text_chars: int = 10_000
+    max_beam_size: int = 8
+    max_num_hypotheses: int = 8
+    # Largest max_length a request may ask for (also capped by each model's own limit).
+    max_length_limit: int = 512
+    # On SIGTERM: how long calls in flight may take to finish before they are cancelled.
+    grace_seconds: float = 20.0
+    # Server-initiated HTTP/2 keepalive pings (0 = off) and how long to wait for their ack.
+    keepalive_time_seconds: float = 60.0
+    keepalive_timeout_seconds: float = 20.0
+    # Close connections after this long (0 = never) so clients reconnect and rebalance across replicas;
+    # calls in flight on a closing connection get the grace period to finish.
+    max_connection_age_seconds: float = 300.0
+    max_connection_age_grace_seconds: float = 60.0
+    log_level: str = "INFO"
+    # Where each value came from ("flag", "env MTSERVE_X"); set by config_from_args, for the start-up log.
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.models, str | ModelSpec):
+            self.models = [self.models]
+        self.models = tuple(m if isinstance(m, ModelSpec) else ModelSpec.parse(m) for m in self.models)
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"models: duplicate model name(s) {duplicates}")
+        if self.default_model is not None and self.default_model not in names:
+            raise ValueError(f"default_model {self.default_model!r} is not one of the models {names}")
+        if not self.host:
+            raise ValueError(f"host must not be empty, got {self.host!r}")
+        _check_port("port", self.port)
+        if self.metrics_port is not None:
+            _check_port("metrics_port", self.metrics_port)
+            if self.metrics_port == self.port != 0:
+                raise ValueError(f"metrics_port {self.metrics_port} must differ from port {self.port}")
+        if not DEVICE_RE.match(self.device):
+            raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        for name in ("max_batch_size", "max_batch_tokens", "max_queue", "max_texts_per_request",
+                     "max_text_chars", "max_beam_size", "max_num_hypotheses", "max_length_limit"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("grace_seconds", "keepalive_time_seconds", "keepalive_timeout_seconds",
+                     "max_connection_age_seconds", "max_connection_age_grace_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                math.isfinite(value) and value >= 0
+            ):
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        level = self.log_level.upper() if isinstance(self.log_level, str) else self.log_level
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        self.log_level = level
+
+    @property
+    def default_model_name(self) -> str | None:
+        """The model used when a request names none (None when serving the bundled default)."""
+        if self.default_model is not None:
+            return self.default_model
+        return self.models[0].name if self.models else None
+
+    # The effective request limits: a flag never promises more than the capacity behind it, so that
+    # e.g. `--max-batch-size 1` works without lowering the other limits too.
+
+    @property
+    def texts_per_request_limit(self) -> int:
+        """The most texts in one call: all of them must fit in the waiting queue at once."""
+        return min(self.max_texts_per_request, self.max_queue)
+
+    @property
+    def beam_size_limit(self) -> int:
+        """The largest beam a request may ask for: every beam occupies a KV-cache row."""
+        return min(self.max_beam_size, self.max_batch_size)
+
+    @property
+    def num_hypotheses_limit(self) -> int:
+        """The largest n-best a request may ask for (sampling gives each hypothesis a row)."""
+        return min(self.max_num_hypotheses, self.max_batch_size)
+
+    def grpc_server_options(self) -> list[tuple[str, int]]:
+        """Channel arguments for ``grpc.aio.server(options=...)``."""
+        max_message = max(_DEFAULT_MAX_MESSAGE, self.max_texts_per_request * self.max_text_chars * 4 + 65536)
+        options = [
+            ("grpc.max_receive_message_length", max_message),
+            # Let clients keep idle connections alive with their own pings (every 10 s at most).
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+        if self.keepalive_time_seconds > 0:
+            options += [
+                ("grpc.keepalive_time_ms", int(self.keepalive_time_seconds * 1000)),
+                ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_seconds * 1000)),
+            ]
+        if self.max_connection_age_seconds > 0:
+            options += [
+                ("grpc.max_connection_age_ms", int(self.max_connection_age_seconds * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(self.max_connection_age_grace_seconds * 1000)),
+            ]
+        return options
+
+
+def _check_port(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError(f"{name} must be an integer in [0, 65535], got {value!r}")
+
+
+# -- command line and environment -----------------------------------------------------------------
+
+
+def _metrics_port(text: str) -> int | None:
+    if text.strip().lower() in ("off", "none", "disabled", ""):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected a port number or 'off', got {text!r}") from None
+
+
+def _models(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@dataclass(frozen=True)
+class _Flag:
+    field: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.field.upper()
+
+
+_FLAGS = (
+    _Flag("model", _models, "a model to serve, NAME=DIR or DIR (repeat for several; env: comma-separated); "
+          "none: the bundled default model", "NAME=DIR"),
+    _Flag("default_model", str, "the model for requests that name none", "NAME"),
+    _Flag("host", str, "address to listen on"),
+    _Flag("port", int, "gRPC port (0: any free port)", "PORT"),
+    _Flag("metrics_port", _metrics_port, "Prometheus /metrics HTTP port (0: any free port; off: none)", "PORT"),
+    _Flag("device", str, "auto, cpu, cuda, cuda:N or mps"),
+    _Flag("dtype", str, "auto, float32, float16 or bfloat16"),
+    _Flag("max_batch_size", int, "KV-cache rows per model: beams and samples of all running texts", "N"),
+    _Flag("max_batch_tokens", int, "new source tokens admitted per decoding step", "N"),
+    _Flag("max_queue", int, "texts waiting per model before calls fail with RESOURCE_EXHAUSTED", "N"),
+    _Flag("max_texts_per_request", int, "most texts in one call", "N"),
+    _Flag("max_text_chars", int, "most characters in one text", "N"),
+    _Flag("max_beam_size", int, "largest beam_size a request may ask for", "N"),
+    _Flag("max_num_hypotheses", int, "largest num_hypotheses a request may ask for", "N"),
+    _Flag("max_length_limit", int, "largest max_length a request may ask for", "N"),
+    _Flag("grace_seconds", float, "on SIGTERM, time for calls in flight to finish", "S"),
+    _Flag("keepalive_time_seconds", float, "interval of server keepalive pings (0: off)", "S"),
+    _Flag("keepalive_timeout_seconds", float, "time to wait for a keepalive ack", "S"),
+    _Flag("max_connection_age_seconds", float, "close connections after this long, to rebalance (0: never)",
+          "S"),
+    _Flag("max_connection_age_grace_seconds", float, "time calls on a closing connection may finish in", "S"),
+    _Flag("log_level", str, "DEBUG, INFO, WARNING, ERROR or CRITICAL", "LEVEL"),
+)
+_DEFAULTS = {f.name: f.default for f in fields(ServerConfig) if f.name not in ("models", "sources")}
+
+
+def build_serve_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Add the ``mtserve serve`` flags to ``parser`` (a new one when None) and return it.
+
+    Flags default to None so that ``config_from_args`` can tell "given" from "not given".
+    """
+    if parser is None:
+        parser = argparse.ArgumentParser(prog="mtserve serve", description="Serve translation models over gRPC.")
+    for spec in _FLAGS:
+        default = {"model": "none", "default_model": "the first --model"}.get(spec.field, _DEFAULTS.get(spec.field))
+        kwargs: dict[str, Any] = {
+            "dest": spec.field,
+            "default": None,
+            "metavar": spec.metavar,
+            "help": f"{spec.help} [env {spec.env}; default {default}]",
+        }
+        if spec.field == "model":
+            kwargs.update(action="append", type=str)
+        else:
+            kwargs["type"] = spec.parse
+        parser.add_argument(spec.flag, **kwargs)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> ServerConfig:
+    """The effective config: flag, else ``MTSERVE_<FLAG>`` from ``env`` (os.environ), else the default.
+
+    Raises ValueError naming the flag or variable and quoting the value.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for spec in _FLAGS:
+        given = getattr(args, spec.field, None)
+        if given is not None:
+            values[spec.field], sources[spec.field] = given, "flag"
+        elif spec.env in env:
+            try:
+                values[spec.field] = spec.parse(env[spec.env])
+            except ValueError as e:
+                raise ValueError(f"{spec.env}={env[spec.env]!r}: {e}") from None
+            sources[spec.field] = f"env {spec.env}"
+    if "model" in values:
+        values["models"] = values.pop("model")
+        sources["models"] = sources.pop("model")
+    try:
+        config = ServerConfig(**values)
+    except ValueError as e:
+        # Say where a bad value came from when it was not a flag (the message starts with the field name).
+        hint = "; ".join(f"{name} from {src}" for name, src in sources.items()
+                         if src != "flag" and str(e).startswith(name))
+        raise ValueError(f"{e}" + (f" ({hint})" if hint else "")) from None
+    config.sources = sources
+    return config
+
+
+def render_config(config: ServerConfig) -> str:
+    """The effective config, one ``name = value  (source)`` line per field, for the start-up log."""
+    lines = []
+    for f in fields(config):
+        if f.name == "sources":
+            continue
+        value = getattr(config, f.name)
+        if f.name == "models":
+            shown = ", ".join(str(m) for m in value) if value else "(the bundled default model)"
+        elif f.name == "default_model" and value is None:
+            shown = f"{config.default_model_name} (first model)" if config.models else "(bundled)"
+        elif f.name == "metrics_port" and value is None:
+            shown = "off"
+        else:
+            shown = str(value)
+        source = config.sources.get(f.name)
+        lines.append(f"  {f.name} = {shown}" + (f"  ({source})" if source else ""))
+    return "\n".join(lines)
+
+
+def configure_logging(level: str) -> None:
+    """Process-wide logging for ``mtserve serve`` (the CLI calls it; libraries never do)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,167 @@
+"""Server exceptions and the one place that maps exceptions to gRPC status codes.
+
+Code below the service raises these plain exceptions; only the service turns
+them into a status (``status_for`` / ``abort``), so the mapping is uniform:
+
+=========================  ===================  ==========================
+exception                  gRPC code            ``reason`` (rejection metric)
+=========================  ===================  ==========================
+ValidationError            INVALID_ARGUMENT     invalid_argument
+ModelNotFoundError         INVALID_ARGUMENT     model_not_found
+QueueFullError             RESOURCE_EXHAUSTED   queue_full
+DrainingError              UNAVAILABLE          draining
+NotReadyError              UNAVAILABLE          not_ready
+DeadlineExceededError      DEADLINE_EXCEEDED    deadline
+TimeoutError               DEADLINE_EXCEEDED    deadline
+RequestCancelledError      CANCELLED            cancelled
+anything else              INTERNAL             internal   (traceback logged)
+=========================  ===================  ==========================
+
+An unknown model is INVALID_ARGUMENT, not NOT_FOUND: the name is part of the
+request the caller wrote, the fix is on the caller's side, and the issue lists
+it with the validation errors; the message lists the served models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import NoReturn
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+
+class MtserveError(Exception):
+    """Base of the errors that map to a specific status code; ``str(e)`` is the client's message."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "internal"
+
+
+class ValidationError(MtserveError):
+    """A request field is invalid; the message names the field and the limit."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "invalid_argument"
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class ModelNotFoundError(ValidationError):
+    """The request names a model this server does not serve."""
+
+    reason = "model_not_found"
+
+    def __init__(self, name: str, available: Iterable[str]) -> None:
+        self.name = name
+        self.available = sorted(available)
+        served = ", ".join(repr(n) for n in self.available) or "none"
+        super().__init__("model", f"unknown model {name!r}; this server serves {served}")
+
+
+class QueueFullError(MtserveError):
+    """The waiting queue has no room for the request; nothing of it was queued."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "queue_full"
+
+    def __init__(self, needed: int, waiting: int, max_queue: int) -> None:
+        self.needed, self.waiting, self.max_queue = needed, waiting, max_queue
+        super().__init__(
+            f"waiting queue is full: {waiting} of max_queue={max_queue} entries in use, "
+            f"this request needs {needed}; retry later"
+        )
+
+
+class UnavailableError(MtserveError):
+    """The server cannot take the call now; another replica or a later retry can."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "unavailable"
+
+
+class DrainingError(UnavailableError):
+    reason = "draining"
+
+    def __init__(self, message: str = "server is shutting down and accepts no new calls") -> None:
+        super().__init__(message)
+
+
+class NotReadyError(UnavailableError):
+    reason = "not_ready"
+
+    def __init__(self, message: str = "server is starting: models are still loading") -> None:
+        super().__init__(message)
+
+
+class DeadlineExceededError(MtserveError):
+    """The call's deadline passed while it waited or decoded."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "deadline"
+
+    def __init__(self, message: str = "deadline exceeded before the translation finished") -> None:
+        super().__init__(message)
+
+
+class RequestCancelledError(MtserveError):
+    """The client cancelled the call (it will not see the status; it is for logs and metrics)."""
+
+    code = grpc.StatusCode.CANCELLED
+    reason = "cancelled"
+
+    def __init__(self, message: str = "cancelled by the client") -> None:
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Status:
+    """What a failed call returns: the code, the client's message, and a metric ``reason``."""
+
+    code: grpc.StatusCode
+    details: str
+    reason: str
+
+
+def status_for(exc: BaseException) -> Status:
+    """Map an exception to its gRPC status. Unexpected exceptions are logged with their traceback."""
+    if isinstance(exc, MtserveError):
+        return Status(exc.code, str(exc), exc.reason)
+    # Timeouts of awaited work; on Python 3.10 the asyncio and futures ones are not the builtin.
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError | concurrent.futures.TimeoutError):
+        return Status(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "deadline exceeded", "deadline")
+    # A bug: log the traceback here, where it is known, and give the client nothing internal.
+    log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    return Status(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log",
+                  "internal")
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+    """End the call with the status for ``exc`` (raises, as ``context.abort`` does)."""
+    status = status_for(exc)
+    await context.abort(status.code, status.details)
+    raise AssertionError("unreachable: context.abort raises")  # for type checkers
+
+
+__all__ = [
+    "DeadlineExceededError",
+    "DrainingError",
+    "ModelNotFoundError",
+    "MtserveError",
+    "NotReadyError",
+    "QueueFullError",
+    "RequestCancelledError",
+    "Status",
+    "UnavailableError",
+    "ValidationError",
+    "abort",
+    "status_for",
+]

@@ -1,0 +1,148 @@
+"""A grpc.aio server interceptor that fills the standard ``grpc_server_*`` metrics.
+
+Labels and values follow go-grpc-prometheus: ``grpc_service`` ("mtserve.v1.TranslationService"),
+``grpc_method`` ("Translate"), ``grpc_type`` (unary, client_stream, server_stream, bidi_stream) and
+``grpc_code`` (OK, InvalidArgument, ...). Every method the server has is covered, health and
+reflection included, when their handlers are coroutines or async generators (grpc.aio's own);
+a sync handler run in a thread pool is passed through uncounted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from .metrics import Metrics, code_label
+
+
+def _split_method(full_method: str) -> tuple[str, str]:
+    """'/pkg.Service/Method' -> ('pkg.Service', 'Method')."""
+    service, _, method = full_method.lstrip("/").rpartition("/")
+    return service or "unknown", method
+
+
+def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
+    if handler.request_streaming:
+        return "bidi_stream" if handler.response_streaming else "client_stream"
+    return "server_stream" if handler.response_streaming else "unary"
+
+
+def _final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> grpc.StatusCode:
+    """The status the call ends with, as grpc.aio will send it."""
+    if isinstance(exc, asyncio.CancelledError):
+        # grpc.aio cancels the handler when the client goes away or its deadline passes.
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+    code = context.code()  # set by context.abort / set_code
+    if code is not None:
+        return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+    return grpc.StatusCode.OK if exc is None else grpc.StatusCode.UNKNOWN
+
+
+# Handler attribute -> whether requests stream; and the factory that rebuilds such a handler.
+_KINDS = {"unary_unary": False, "unary_stream": False, "stream_unary": True, "stream_stream": True}
+_MAKE_HANDLER = {
+    "unary_unary": grpc.unary_unary_rpc_method_handler,
+    "unary_stream": grpc.unary_stream_rpc_method_handler,
+    "stream_unary": grpc.stream_unary_rpc_method_handler,
+    "stream_stream": grpc.stream_stream_rpc_method_handler,
+}
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts started/handled calls and their latency into ``metrics``' grpc_server_* metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
+            return handler
+        service, method = _split_method(handler_call_details.method)
+        labels = {"grpc_service": service, "grpc_method": method, "grpc_type": _rpc_type(handler)}
+        m = self._m
+
+        def started() -> float:
+            m.grpc_started.labels(**labels).inc()
+            return time.perf_counter()
+
+        def handled(t0: float, context: grpc.aio.ServicerContext, exc: BaseException | None) -> None:
+            m.grpc_handled.labels(**labels, grpc_code=code_label(_final_code(context, exc))).inc()
+            m.grpc_handling_seconds.labels(**labels).observe(time.perf_counter() - t0)
+
+        async def counted(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            async for request in requests:
+                m.grpc_msg_received.labels(**labels).inc()
+                yield request
+
+        def wrap_unary_response(behavior: Callable[..., Any], request_streaming: bool) -> Callable[..., Any]:
+            async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+                t0 = started()
+                if request_streaming:
+                    request_or_iterator = counted(request_or_iterator)
+                else:
+                    m.grpc_msg_received.labels(**labels).inc()
+                try:
+                    response = await behavior(request_or_iterator, context)
+                except BaseException as exc:
+                    handled(t0, context, exc)
+                    raise
+                if response is not None:
+                    m.grpc_msg_sent.labels(**labels).inc()
+                handled(t0, context, None)
+                return response
+
+            return wrapper
+
+        def wrap_stream_response(behavior: Callable[..., Any], request_streaming: bool) -> Callable[..., Any]:
+            async def wrapper(
+                request_or_iterator: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                t0 = started()
+                if request_streaming:
+                    request_or_iterator = counted(request_or_iterator)
+                else:
+                    m.grpc_msg_received.labels(**labels).inc()
+                try:
+                    async for response in behavior(request_or_iterator, context):
+                        m.grpc_msg_sent.labels(**labels).inc()
+                        yield response
+                except BaseException as exc:
+                    handled(t0, context, exc)
+                    raise
+                handled(t0, context, None)
+
+            return wrapper
+
+        for kind, request_streaming in _KINDS.items():
+            behavior = getattr(handler, kind)
+            if behavior is None:
+                continue
+            if inspect.isasyncgenfunction(behavior):
+                wrapped = wrap_stream_response(behavior, request_streaming)
+            elif inspect.iscoroutinefunction(behavior):
+                # Unary responses, or a streaming handler that writes with context.write().
+                wrapped = wrap_unary_response(behavior, request_streaming)
+            else:
+                return handler  # a sync handler (run in a thread pool): not ours to wrap
+            return _MAKE_HANDLER[kind](
+                wrapped,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+__all__ = ["MetricsInterceptor"]
