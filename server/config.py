@@ -240,7 +240,8 @@ _DEFAULTS = {f.name: f.default for f in fields(ServerConfig) if f.name not in ("
 def build_serve_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Add the ``mtserve serve`` flags to ``parser`` (a new one when None) and return it.
 
-    Flags default to None so that ``config_from_args`` can tell "given" from "not given".
+    Flags not given are absent from the namespace (argparse.SUPPRESS), so that ``config_from_args``
+    tells "not given" from any given value, None ("--metrics-port off") included.
     """
     if parser is None:
         parser = argparse.ArgumentParser(prog="mtserve serve", description="Serve translation models over gRPC.")
@@ -248,7 +249,7 @@ def build_serve_parser(parser: argparse.ArgumentParser | None = None) -> argpars
         default = {"model": "none", "default_model": "the first --model"}.get(spec.field, _DEFAULTS.get(spec.field))
         kwargs: dict[str, Any] = {
             "dest": spec.field,
-            "default": None,
+            "default": argparse.SUPPRESS,
             "metavar": spec.metavar,
             "help": f"{spec.help} [env {spec.env}; default {default}]",
         }
@@ -269,9 +270,8 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for spec in _FLAGS:
-        given = getattr(args, spec.field, None)
-        if given is not None:
-            values[spec.field], sources[spec.field] = given, "flag"
+        if hasattr(args, spec.field):
+            values[spec.field], sources[spec.field] = getattr(args, spec.field), "flag"
         elif spec.env in env:
             try:
                 values[spec.field] = spec.parse(env[spec.env])

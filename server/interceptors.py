@@ -3,8 +3,8 @@
 Labels and values follow go-grpc-prometheus: ``grpc_service`` ("mtserve.v1.TranslationService"),
 ``grpc_method`` ("Translate"), ``grpc_type`` (unary, client_stream, server_stream, bidi_stream) and
 ``grpc_code`` (OK, InvalidArgument, ...). Every method the server has is covered, health and
-reflection included, when their handlers are coroutines or async generators (grpc.aio's own);
-a sync handler run in a thread pool is passed through uncounted.
+reflection included: coroutine and async-generator handlers, and sync ones with a unary request
+(a sync handler reading a request stream, which mtserve has none of, is passed through uncounted).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -44,6 +44,28 @@ def _final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) ->
     if code is not None:
         return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
     return grpc.StatusCode.OK if exc is None else grpc.StatusCode.UNKNOWN
+
+
+class _CodeRecordingContext:
+    """Wraps a sync handler's context, whose status code cannot be read back, to remember it."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._code: grpc.StatusCode | None = None
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+        self._context.set_code(code)
+
+    def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        self._code = code
+        self._context.abort(code, details, trailing_metadata)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 # Handler attribute -> whether requests stream; and the factory that rebuilds such a handler.
@@ -126,6 +148,41 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
             return wrapper
 
+        # Sync handlers (grpc runs them in a thread; e.g. the generated servicer base class's
+        # UNIMPLEMENTED methods) with a unary request.
+        def wrap_sync_unary_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def wrapper(request: Any, context: Any) -> Any:
+                context = _CodeRecordingContext(context)
+                t0 = started()
+                m.grpc_msg_received.labels(**labels).inc()
+                try:
+                    response = behavior(request, context)
+                except BaseException as exc:
+                    handled(t0, context, exc)
+                    raise
+                if response is not None:
+                    m.grpc_msg_sent.labels(**labels).inc()
+                handled(t0, context, None)
+                return response
+
+            return wrapper
+
+        def wrap_sync_stream_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def wrapper(request: Any, context: Any) -> Iterator[Any]:
+                context = _CodeRecordingContext(context)
+                t0 = started()
+                m.grpc_msg_received.labels(**labels).inc()
+                try:
+                    for response in behavior(request, context):
+                        m.grpc_msg_sent.labels(**labels).inc()
+                        yield response
+                except BaseException as exc:
+                    handled(t0, context, exc)
+                    raise
+                handled(t0, context, None)
+
+            return wrapper
+
         for kind, request_streaming in _KINDS.items():
             behavior = getattr(handler, kind)
             if behavior is None:
@@ -135,8 +192,12 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             elif inspect.iscoroutinefunction(behavior):
                 # Unary responses, or a streaming handler that writes with context.write().
                 wrapped = wrap_unary_response(behavior, request_streaming)
+            elif request_streaming:
+                return handler  # a sync handler reading a request stream: rare, left uncounted
+            elif handler.response_streaming and inspect.isgeneratorfunction(behavior):
+                wrapped = wrap_sync_stream_response(behavior)
             else:
-                return handler  # a sync handler (run in a thread pool): not ours to wrap
+                wrapped = wrap_sync_unary_response(behavior)
             return _MAKE_HANDLER[kind](
                 wrapped,
                 request_deserializer=handler.request_deserializer,
