@@ -1,0 +1,578 @@
+"""Train a Marian translation model from scratch on the splits that ``mtserve.model.data`` writes.
+
+    python -m mtserve.model.train --data data/de-en --vocab data/vocab --out runs/de-en \\
+        --d-model 256 --layers 3 --heads 4 --ffn 1024 --max-tokens 8192 --max-steps 20000 --device cuda
+
+What it does, in the usual recipe for transformer NMT (fairseq, Marian):
+
+- batches of at most ``--max-tokens`` padded tokens (``len(batch) * longest side``) from
+  length-sorted buckets, so little compute goes into padding; batch order shuffled per epoch;
+- label-smoothed cross-entropy over the non-pad target tokens;
+- AdamW, linear warm-up to ``--lr`` over ``--warmup`` steps, then inverse-square-root decay;
+- dropout from the model config, gradient-norm clipping, bf16 autocast on CUDA;
+- greedy decoding of a dev subset every ``--eval-interval`` steps, scored with sacrebleu
+  (BLEU and chrF), plus the teacher-forced dev loss;
+- a checkpoint (model, optimizer, scheduler, step, data position, RNG) written atomically to
+  ``<out>.train/checkpoint.pt`` at every evaluation; a rerun with the same ``--out`` resumes it.
+
+Training state stays out of ``--out`` on purpose: that directory is the finished model in the
+Marian layout (config.json, model.safetensors, source/target.spm, vocab.json, tokenizer_config.json,
+generation_config.json), loadable by mtserve and Transformers alike, and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .checkpoint import save_model
+from .config import MarianConfig
+from .transformer import MarianTransformer
+from .vocab import Vocab, copy_vocab
+
+Example = tuple[list[int], list[int]]  # (source ids ending in </s>, target ids ending in </s>)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; validated here so a bad flag fails before any work."""
+
+    data: Path
+    vocab: Path
+    out: Path
+    d_model: int = 256
+    layers: int = 3
+    heads: int = 4
+    ffn: int = 1024
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    max_tokens: int = 4096
+    max_length: int = 128
+    lr: float = 7e-4
+    warmup: int = 4000
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0
+    max_steps: int = 100_000
+    max_time: float | None = None  # seconds of this invocation, not counting the data loading
+    eval_interval: int = 1000
+    eval_size: int = 500
+    eval_sets: tuple[str, ...] = ("dev-sentences", "dev")
+    seed: int = 1
+    device: str = "auto"
+    threads: int | None = None
+    amp: bool = True
+    progress: bool = True
+    state_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.data, self.vocab, self.out = Path(self.data), Path(self.vocab), Path(self.out)
+        default_state = self.out.with_name(self.out.name + ".train")
+        self.state_dir = Path(self.state_dir) if self.state_dir else default_state
+        for name in ("d_model", "layers", "heads", "ffn", "max_tokens", "max_length", "max_steps",
+                     "eval_interval", "warmup"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
+        if self.max_tokens < self.max_length:
+            raise ValueError(f"max_tokens {self.max_tokens} is below max_length {self.max_length}: "
+                             "the longest example would not fit a batch")
+        for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ValueError(f"max_time must be positive, got {self.max_time!r}")
+
+    def model_config(self, vocab: Vocab) -> MarianConfig:
+        return MarianConfig(
+            vocab_size=len(vocab),
+            d_model=self.d_model,
+            encoder_layers=self.layers,
+            decoder_layers=self.layers,
+            encoder_attention_heads=self.heads,
+            decoder_attention_heads=self.heads,
+            encoder_ffn_dim=self.ffn,
+            decoder_ffn_dim=self.ffn,
+            max_position_embeddings=max(512, self.max_length + 2),
+            pad_token_id=vocab.pad_id,
+            eos_token_id=vocab.eos_id,
+            decoder_start_token_id=vocab.pad_id,
+            forced_eos_token_id=vocab.eos_id,
+            dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+            activation_dropout=self.activation_dropout,
+        )
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def read_split(data_dir: Path, name: str) -> tuple[list[str], list[str]]:
+    """``name.de`` and ``name.en`` as two aligned lists of lines."""
+    src = (data_dir / f"{name}.de").read_text(encoding="utf-8").splitlines()
+    tgt = (data_dir / f"{name}.en").read_text(encoding="utf-8").splitlines()
+    if len(src) != len(tgt):
+        raise ValueError(f"{data_dir}/{name}.de has {len(src)} lines, {name}.en has {len(tgt)}")
+    return src, tgt
+
+
+def encode_pairs(vocab: Vocab, src: Sequence[str], tgt: Sequence[str], max_length: int) -> list[Example]:
+    """Token ids of each pair, dropping pairs with a side over ``max_length`` (``</s>`` included)."""
+    pairs = zip(vocab.encode_batch(src), vocab.encode_batch(tgt), strict=True)
+    return [(s, t) for s, t in pairs if len(s) <= max_length and len(t) <= max_length]
+
+
+def make_batches(examples: Sequence[Example], max_tokens: int, seed: int, epoch: int) -> list[list[int]]:
+    """Indices grouped into batches of at most ``max_tokens`` padded tokens, in shuffled order.
+
+    Sorting by length (random tie-break, so ties do not always meet the same
+    neighbours) puts similar lengths together; the cost of a batch is its size
+    times its longest side, which is what the padded tensors hold. Deterministic
+    in ``(seed, epoch)``, so a resumed run sees the same batches.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    keys = [(max(len(s), len(t)), len(s), rng.random()) for s, t in examples]
+    order = sorted(range(len(examples)), key=keys.__getitem__)
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    longest = 0
+    for index in order:
+        length = keys[index][0]
+        if batch and (len(batch) + 1) * max(longest, length) > max_tokens:
+            batches.append(batch)
+            batch, longest = [], 0
+        batch.append(index)
+        longest = max(longest, length)
+    if batch:
+        batches.append(batch)
+    rng.shuffle(batches)
+    return batches
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, S)
+    attention_mask: torch.Tensor  # (B, S) True at real tokens
+    decoder_input_ids: torch.Tensor  # (B, T): decoder start (= pad) then the target shifted right
+    labels: torch.Tensor  # (B, T): the target, pad where there is none
+    target_tokens: int  # real target tokens: known on the host, so no device sync to count them
+    tokens: int  # real source + target tokens, for throughput
+
+
+def collate(examples: Sequence[Example], pad_id: int, start_id: int, device: torch.device) -> Batch:
+    """Pad a list of examples into tensors on ``device``."""
+    batch_size = len(examples)
+    src_len = max(len(s) for s, _ in examples)
+    tgt_len = max(len(t) for _, t in examples)
+    input_ids = torch.full((batch_size, src_len), pad_id, dtype=torch.long)
+    labels = torch.full((batch_size, tgt_len), pad_id, dtype=torch.long)
+    decoder_input_ids = torch.full((batch_size, tgt_len), pad_id, dtype=torch.long)
+    for row, (src, tgt) in enumerate(examples):
+        input_ids[row, : len(src)] = torch.tensor(src)
+        labels[row, : len(tgt)] = torch.tensor(tgt)
+        decoder_input_ids[row, 0] = start_id
+        decoder_input_ids[row, 1 : len(tgt)] = torch.tensor(tgt[:-1])
+    target_tokens = sum(len(t) for _, t in examples)
+    tokens = target_tokens + sum(len(s) for s, _ in examples)
+    pin = device.type == "cuda"
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
+
+    return Batch(move(input_ids), move(input_ids != pad_id), move(decoder_input_ids), move(labels),
+                 target_tokens, tokens)
+
+
+# --- objective and schedule ---------------------------------------------------------------------
+
+
+def label_smoothed_loss(
+    logits: torch.Tensor, labels: torch.Tensor, pad_id: int, smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(smoothed loss sum, NLL sum) over the target tokens, pad positions ignored.
+
+    The smoothing mass is spread over every id but pad: pad is never a correct
+    output, so teaching the model to give it probability only wastes capacity.
+    """
+    logprobs = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    mask = labels != pad_id
+    nll = -logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    uniform = -(logprobs.sum(-1) - logprobs[..., pad_id]) / (logprobs.shape[-1] - 1)  # (B, T)
+    loss = (1.0 - smoothing) * nll + smoothing * uniform
+    return loss[mask].sum(), nll[mask].sum()
+
+
+def inverse_sqrt_schedule(warmup: int):
+    """Multiplier of the peak learning rate: linear up to 1 at ``warmup``, then sqrt(warmup/step)."""
+
+    def factor(step: int) -> float:  # LambdaLR passes the number of steps taken so far
+        step = step + 1
+        return step / warmup if step < warmup else math.sqrt(warmup / step)
+
+    return factor
+
+
+def init_weights(model: nn.Module, d_model: int, pad_id: int) -> None:
+    """The transformer-NMT initialisation (fairseq): Xavier linears, N(0, d^-1/2) embeddings, zero biases.
+
+    Embeddings are scaled by sqrt(d_model) in the forward pass, so this gives
+    them unit variance there; the tied output projection shares the embedding.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    for module in model.modules():  # after the linears, so a tied lm_head ends up with this
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, 0.0, d_model**-0.5)
+            with torch.no_grad():
+                module.weight[pad_id].zero_()
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with the betas/eps of transformer NMT; no decay on biases and norms."""
+    params = {id(p): p for p in model.parameters() if p.requires_grad}.values()  # tied weights once
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-9)
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def greedy_decode(
+    model: MarianTransformer, sources: Sequence[list[int]], pad_id: int, eos_id: int, device: torch.device,
+    batch_size: int = 64,
+) -> list[list[int]]:
+    """Greedy outputs (without ``</s>``) by re-running the full decoder each step.
+
+    No KV cache on purpose: this is the plain path the model is trained with,
+    and evaluation sets are small; it keeps training independent of the
+    serving decoder.
+    """
+    was_training = model.training
+    model.eval()
+    results: list[list[int]] = [[] for _ in sources]
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    limit = model.config.max_position_embeddings
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        src = collate([(sources[i], [eos_id]) for i in rows], pad_id, pad_id, device)
+        memory = model.encode(src.input_ids, src.attention_mask)  # (B, S, d)
+        max_len = min(limit, 2 * src.input_ids.shape[1] + 10)
+        tokens = torch.full((len(rows), 1), pad_id, dtype=torch.long, device=device)  # decoder start
+        done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        for _ in range(max_len - 1):
+            logits = model.decode_full(tokens, memory, src.attention_mask)[:, -1]  # (B, V)
+            logits[:, pad_id] = -math.inf  # pad is never generated
+            step = logits.argmax(-1).masked_fill(done, pad_id)
+            tokens = torch.cat([tokens, step[:, None]], dim=1)
+            done |= step == eos_id
+            if bool(done.all()):
+                break
+        for row, ids in zip(rows, tokens[:, 1:].tolist(), strict=True):
+            results[row] = ids[: ids.index(eos_id)] if eos_id in ids else [i for i in ids if i != pad_id]
+    model.train(was_training)
+    return results
+
+
+@torch.no_grad()
+def dev_loss(model: MarianTransformer, examples: Sequence[Example], cfg: TrainConfig, pad_id: int,
+             device: torch.device) -> float:
+    """Teacher-forced per-token NLL on ``examples`` (no smoothing, dropout off)."""
+    was_training = model.training
+    model.eval()
+    nll_sum, count = 0.0, 0
+    for indices in make_batches(examples, cfg.max_tokens, 0, 0):
+        batch = collate([examples[i] for i in indices], pad_id, pad_id, device)
+        with autocast(device, cfg.amp):
+            logits = model(batch.input_ids, batch.attention_mask, batch.decoder_input_ids)
+        _, nll = label_smoothed_loss(logits, batch.labels, pad_id, 0.0)
+        nll_sum, count = nll_sum + float(nll), count + batch.target_tokens
+    model.train(was_training)
+    return nll_sum / max(count, 1)
+
+
+def evaluate(model: MarianTransformer, vocab: Vocab, eval_sets: dict[str, tuple[list[str], list[str]]],
+             cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """BLEU, chrF (sacrebleu, greedy) and dev loss for each evaluation set."""
+    import sacrebleu  # the 'train' extra; imported here so the module loads without it
+
+    metrics: dict[str, float] = {}
+    for name, (src, refs) in eval_sets.items():
+        # Over-long sources are cut rather than dropped, so every reference gets a hypothesis.
+        sources = [s if len(s) <= cfg.max_length else [*s[: cfg.max_length - 1], vocab.eos_id]
+                   for s in vocab.encode_batch(src)]
+        outputs = greedy_decode(model, sources, vocab.pad_id, vocab.eos_id, device)
+        hyps = [vocab.decode(ids) for ids in outputs]
+        metrics[f"{name}/bleu"] = round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)
+        metrics[f"{name}/chrf"] = round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2)
+        examples = encode_pairs(vocab, src, refs, cfg.max_length)
+        metrics[f"{name}/loss"] = round(dev_loss(model, examples, cfg, vocab.pad_id, device), 4)
+    return metrics
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); a no-op elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` with torch.save to a temporary file, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def export_model(model: MarianTransformer, config: MarianConfig, vocab_dir: Path, out: Path) -> Path:
+    """The finished model in the Marian layout: weights, config, tokenizer files, generation defaults."""
+    save_model(model, config, out)
+    copy_vocab(vocab_dir, out)
+    generation = {
+        "bad_words_ids": [[config.pad_token_id]],
+        "decoder_start_token_id": config.decoder_start_token_id,
+        "eos_token_id": config.eos_token_id,
+        "forced_eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+        "max_length": 256,
+        "num_beams": 4,
+    }
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    step: int
+    resumed_from: int
+    loss: float  # mean training loss over the last log window
+    metrics: dict[str, float]
+    out: Path
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _batches_from(examples: Sequence[Example], cfg: TrainConfig, epoch: int, position: int
+                  ) -> Iterator[tuple[int, int, list[int]]]:
+    """(epoch, position after this batch, indices) forever, starting at ``position`` of ``epoch``."""
+    while True:
+        batches = make_batches(examples, cfg.max_tokens, cfg.seed, epoch)
+        for i in range(position, len(batches)):
+            yield epoch, i + 1, batches[i]
+        epoch, position = epoch + 1, 0
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run (or resume) training as configured; returns where it stopped and the last dev metrics."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    vocab = Vocab(cfg.vocab)
+    examples = encode_pairs(vocab, *read_split(cfg.data, "train"), cfg.max_length)
+    eval_sets = {}
+    for name in cfg.eval_sets:
+        if (cfg.data / f"{name}.de").exists():
+            src, tgt = read_split(cfg.data, name)
+            if src:  # sacrebleu cannot score an empty set
+                eval_sets[name] = (src[: cfg.eval_size], tgt[: cfg.eval_size])
+
+    config = cfg.model_config(vocab)
+    model = MarianTransformer(config)
+    init_weights(model, cfg.d_model, vocab.pad_id)
+    model.to(device).train()
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(cfg.warmup))
+
+    checkpoint_path = cfg.state_dir / "checkpoint.pt"
+    step, epoch, position = 0, 0, 0
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if state["model_config"] != config.to_dict():
+            raise ValueError(f"{checkpoint_path} holds a different model; use another --out or delete it")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, position = state["step"], state["epoch"], state["position"]
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        random.setstate(state["rng"]["python"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu())
+    resumed_from = step
+    log_path = cfg.state_dir / "log.jsonl"
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+
+    def checkpoint() -> None:
+        save_checkpoint(checkpoint_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch, "position": position,
+            "model_config": config.to_dict(), "train_config": _jsonable(asdict(cfg)),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
+        })
+
+    def log(record: dict) -> None:
+        with open(log_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    log({"event": "start", "step": step, "examples": len(examples), "device": str(device),
+         "parameters": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
+         "config": _jsonable(asdict(cfg))})
+    started = time.perf_counter()
+    meter = _Meter(device)
+    last_loss, metrics = math.nan, {}
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not cfg.progress, dynamic_ncols=True, unit="step")
+    batches = _batches_from(examples, cfg, epoch, position)
+    while step < cfg.max_steps and (cfg.max_time is None or time.perf_counter() - started < cfg.max_time):
+        epoch, position, indices = next(batches)
+        batch = collate([examples[i] for i in indices], vocab.pad_id, config.decoder_start_token_id, device)
+        with autocast(device, cfg.amp):
+            logits = model(batch.input_ids, batch.attention_mask, batch.decoder_input_ids)
+        loss_sum, _ = label_smoothed_loss(logits, batch.labels, vocab.pad_id, cfg.label_smoothing)
+        loss = loss_sum / batch.target_tokens
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+
+        meter.add(loss_sum, batch)
+        if step % 10 == 0 or step == cfg.max_steps:
+            last_loss, speed = meter.report()
+            lr = scheduler.get_last_lr()[0]
+            bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{speed:,.0f}", lr=f"{lr:.2e}")
+            log({"step": step, "loss": round(last_loss, 4), "tokens_per_s": round(speed), "lr": lr,
+                 "epoch": epoch})
+        bar.update(1)
+        if step % cfg.eval_interval == 0:
+            metrics = evaluate(model, vocab, eval_sets, cfg, device)
+            log({"step": step, "eval": metrics})
+            bar.write(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
+            checkpoint()
+    bar.close()
+    if meter.targets:  # steps since the last report
+        last_loss, _ = meter.report()
+
+    if step % cfg.eval_interval or not metrics:  # the loop did not just evaluate this step
+        metrics = evaluate(model, vocab, eval_sets, cfg, device)
+        log({"step": step, "eval": metrics})
+    checkpoint()
+    model.eval()
+    export_model(model, config, cfg.vocab, cfg.out)
+    log({"event": "done", "step": step, "seconds": round(time.perf_counter() - started, 1)})
+    return TrainResult(step, resumed_from, last_loss, metrics, cfg.out)
+
+
+class _Meter:
+    """Training loss and throughput since the last report.
+
+    The loss is summed on the device and read only at a report: reading it
+    every step would make the host wait for the GPU each step.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss = torch.zeros((), device=self.device)
+        self.targets, self.tokens, self.start = 0, 0, time.perf_counter()
+
+    def add(self, loss_sum: torch.Tensor, batch: Batch) -> None:
+        self.loss += loss_sum.detach()
+        self.targets += batch.target_tokens
+        self.tokens += batch.tokens
+
+    def report(self) -> tuple[float, float]:
+        """(mean loss per target token, source + target tokens per second), then start a new window."""
+        loss = float(self.loss) / max(self.targets, 1)
+        speed = self.tokens / max(time.perf_counter() - self.start, 1e-9)
+        self._reset()
+        return loss, speed
+
+
+def _jsonable(values: dict) -> dict:
+    return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+            for k, v in values.items()}
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    p = argparse.ArgumentParser(description="Train a Marian translation model (Hugging Face layout).")
+    p.add_argument("--data", type=Path, required=True, help="directory with train.de/.en and dev splits")
+    p.add_argument("--vocab", type=Path, required=True, help="source.spm, target.spm, vocab.json")
+    p.add_argument("--out", type=Path, required=True, help="the finished model; state goes to OUT.train/")
+    p.add_argument("--state-dir", type=Path, default=None, help="checkpoint and log (default: OUT.train)")
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--layers", type=int, default=3, help="encoder and decoder layers each")
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--ffn", type=int, default=1024)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--attention-dropout", type=float, default=0.0)
+    p.add_argument("--activation-dropout", type=float, default=0.0)
+    p.add_argument("--max-tokens", type=int, default=4096, help="padded tokens per batch (longest side)")
+    p.add_argument("--max-length", type=int, default=128, help="drop training pairs longer than this")
+    p.add_argument("--lr", type=float, default=7e-4, help="peak learning rate")
+    p.add_argument("--warmup", type=int, default=4000, help="steps of linear warm-up")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--clip-norm", type=float, default=1.0)
+    p.add_argument("--max-steps", type=int, default=100_000)
+    p.add_argument("--max-time", type=float, default=None, help="stop after this many seconds (this run)")
+    p.add_argument("--eval-interval", type=int, default=1000)
+    p.add_argument("--eval-size", type=int, default=500, help="pairs of each eval set decoded")
+    p.add_argument("--eval-sets", default="dev-sentences,dev", help="comma-separated split names in --data")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    args = vars(p.parse_args(argv))
+    args["eval_sets"] = tuple(s for s in args["eval_sets"].split(",") if s)
+    return TrainConfig(**args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    result = train(parse_args(argv))
+    print(json.dumps({"step": result.step, "resumed_from": result.resumed_from, "loss": result.loss,
+                      **result.metrics, "out": str(result.out)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""The training loop's parts, and short real runs of a tiny model on a tiny corpus (CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from mtserve.model import train as tr
+from mtserve.model.checkpoint import load_model
+from mtserve.model.transformer import MarianTransformer
+from mtserve.model.vocab import Vocab, train_vocab
+
+ADJECTIVES = [("rot", "red"), ("blau", "blue"), ("grün", "green"), ("gelb", "yellow"),
+              ("schwarz", "black"), ("weiß", "white"), ("groß", "big"), ("klein", "small")]
+NOUNS = [("Haus", "house"), ("Auto", "car"), ("Buch", "book"), ("Boot", "boat"),
+         ("Pferd", "horse"), ("Schaf", "sheep"), ("Bett", "bed"), ("Fenster", "window")]
+
+
+def tiny_corpus() -> list[tuple[str, str]]:
+    """128 pairs a small model can start to learn in a few dozen steps."""
+    pairs = []
+    for de_adj, en_adj in ADJECTIVES:
+        for de_noun, en_noun in NOUNS:
+            pairs.append((f"das {de_adj}e {de_noun}", f"the {en_adj} {en_noun}"))
+            pairs.append((f"Das {de_noun} ist {de_adj}.", f"The {en_noun} is {en_adj}."))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data dir with train/dev/dev-sentences, vocab dir)."""
+    root = tmp_path_factory.mktemp("corpus")
+    pairs = tiny_corpus()
+    splits = {"train": [p for i, p in enumerate(pairs) if i % 7], "dev": pairs[::7]}
+    splits["dev-sentences"] = [p for p in splits["dev"] if p[0].endswith(".")]
+    for name, items in splits.items():
+        for side, lang in enumerate(("de", "en")):
+            (root / f"{name}.{lang}").write_text("".join(p[side] + "\n" for p in items), encoding="utf-8")
+    vocab = train_vocab([root / "train.de", root / "train.en"], root / "vocab", size=64, threads=1)
+    return root, vocab
+
+
+def tiny_config(corpus: tuple[Path, Path], out: Path, **overrides) -> tr.TrainConfig:
+    data, vocab = corpus
+    values = dict(
+        data=data, vocab=vocab, out=out, d_model=32, layers=1, heads=2, ffn=64, max_tokens=256,
+        lr=3e-3, warmup=5, max_steps=40, eval_interval=20, eval_size=8, seed=3, device="cpu",
+        threads=1, progress=False,
+    )
+    values.update(overrides)
+    return tr.TrainConfig(**values)
+
+
+def read_log(cfg: tr.TrainConfig) -> list[dict]:
+    return [json.loads(line) for line in (cfg.state_dir / "log.jsonl").read_text().splitlines()]
+
+
+# --- parts ----------------------------------------------------------------------------------------
+
+
+def _examples(lengths: list[tuple[int, int]]) -> list[tr.Example]:
+    return [([5] * s, [6] * t) for s, t in lengths]
+
+
+def test_batches_stay_under_the_token_budget_and_use_every_example_once():
+    gen = torch.Generator().manual_seed(0)
+    lengths = [(int(a), int(b)) for a, b in torch.randint(1, 60, (500, 2), generator=gen)]
+    examples = _examples(lengths)
+    batches = tr.make_batches(examples, max_tokens=300, seed=1, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    for batch in batches:
+        longest = max(max(lengths[i]) for i in batch)
+        assert len(batch) * longest <= 300
+    # Bucketing: a batch's lengths are close, so padding stays small.
+    padded = sum(len(b) * max(max(lengths[i]) for i in b) for b in batches)
+    assert padded < 1.3 * sum(max(x) for x in lengths)
+
+
+def test_batches_are_reproducible_per_epoch_and_reshuffled_between_epochs():
+    examples = _examples([(n % 17 + 1, n % 13 + 1) for n in range(300)])
+    first = tr.make_batches(examples, 64, seed=1, epoch=0)
+    assert first == tr.make_batches(examples, 64, seed=1, epoch=0)
+    assert first != tr.make_batches(examples, 64, seed=1, epoch=1)
+    assert first != tr.make_batches(examples, 64, seed=2, epoch=0)
+
+
+def test_collate_puts_decoder_start_before_the_shifted_target():
+    pad, start, eos = 9, 9, 0
+    batch = tr.collate([([3, 4, eos], [5, 6, 7, eos]), ([3, eos], [8, eos])], pad, start, torch.device("cpu"))
+    assert batch.input_ids.tolist() == [[3, 4, eos], [3, eos, pad]]
+    assert batch.attention_mask.tolist() == [[True, True, True], [True, True, False]]
+    assert batch.labels.tolist() == [[5, 6, 7, eos], [8, eos, pad, pad]]
+    assert batch.decoder_input_ids.tolist() == [[start, 5, 6, 7], [start, 8, pad, pad]]
+    assert (batch.target_tokens, batch.tokens) == (6, 11)
+
+
+def test_loss_without_smoothing_is_cross_entropy_ignoring_pad():
+    pad = 4
+    logits = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([[1, 2, 0], [3, pad, pad]])
+    loss, nll = tr.label_smoothed_loss(logits, labels, pad, 0.0)
+    expected = F.cross_entropy(logits.view(-1, 6), labels.view(-1), ignore_index=pad, reduction="sum")
+    assert torch.allclose(loss, expected) and torch.allclose(nll, expected)
+
+
+def test_smoothing_spreads_mass_over_non_pad_ids_and_pad_rows_do_not_count():
+    pad, eps = 4, 0.1
+    logits = torch.randn(1, 2, 6, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([[2, pad]])
+    loss, nll = tr.label_smoothed_loss(logits, labels, pad, eps)
+    logprobs = logits[0, 0].log_softmax(-1)
+    others = [i for i in range(6) if i != pad]
+    expected = (1 - eps) * -logprobs[2] + eps * -logprobs[others].mean()
+    assert torch.allclose(loss, expected) and torch.allclose(nll, -logprobs[2])
+    logits[0, 1] += 100.0  # anything at a pad position must not change the loss
+    assert torch.allclose(tr.label_smoothed_loss(logits, labels, pad, eps)[0], expected)
+
+
+def test_learning_rate_warms_up_linearly_then_decays_with_inverse_square_root():
+    factor = tr.inverse_sqrt_schedule(warmup=100)
+    assert factor(0) == pytest.approx(0.01)
+    assert factor(49) == pytest.approx(0.5)
+    assert factor(99) == pytest.approx(1.0)
+    assert factor(399) == pytest.approx(0.5)
+    assert all(factor(s) > factor(s + 1) for s in range(99, 500))
+
+
+class _PadLovingModel(torch.nn.Module):
+    """Scores pad highest everywhere; among the rest, token 3 for two steps and then </s>."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(max_position_embeddings=32)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*input_ids.shape, 4)
+
+    def decode_full(self, tokens: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*tokens.shape, 6)
+        logits[..., 5] = 10.0  # pad
+        logits[..., 3 if tokens.shape[1] < 3 else 0] = 5.0
+        return logits
+
+
+def test_greedy_decoding_never_emits_pad_and_stops_at_eos():
+    out = tr.greedy_decode(_PadLovingModel(), [[1, 2, 0], [1, 0]], pad_id=5, eos_id=0, device=torch.device("cpu"))
+    assert out == [[3, 3], [3, 3]]
+
+
+def test_config_validation_names_the_bad_value(tmp_path: Path):
+    with pytest.raises(ValueError, match="d_model 30 is not divisible by heads 4"):
+        tr.TrainConfig(data=tmp_path, vocab=tmp_path, out=tmp_path / "m", d_model=30, heads=4)
+    with pytest.raises(ValueError, match="dropout"):
+        tr.TrainConfig(data=tmp_path, vocab=tmp_path, out=tmp_path / "m", dropout=1.5)
+    cfg = tr.TrainConfig(data=tmp_path, vocab=tmp_path, out=tmp_path / "model")
+    assert cfg.state_dir == tmp_path / "model.train"
+
+
+def test_command_line_maps_onto_the_config(tmp_path: Path):
+    cfg = tr.parse_args([
+        "--data", "d", "--vocab", "v", "--out", str(tmp_path / "m"), "--d-model", "64", "--layers", "2",
+        "--heads", "8", "--ffn", "128", "--max-tokens", "2048", "--lr", "1e-3", "--warmup", "10",
+        "--max-steps", "7", "--max-time", "60", "--eval-interval", "5", "--seed", "4", "--threads", "1",
+        "--device", "cpu", "--eval-sets", "dev", "--no-amp",
+    ])
+    assert (cfg.d_model, cfg.layers, cfg.heads, cfg.ffn, cfg.max_tokens) == (64, 2, 8, 128, 2048)
+    assert (cfg.lr, cfg.warmup, cfg.max_steps, cfg.max_time, cfg.eval_interval) == (1e-3, 10, 7, 60.0, 5)
+    assert (cfg.seed, cfg.threads, cfg.device, cfg.eval_sets, cfg.amp) == (4, 1, "cpu", ("dev",), False)
+
+
+def test_vocab_gives_the_same_ids_as_the_serving_tokenizer(corpus):
+    tokenizer_module = pytest.importorskip("mtserve.model.tokenizer")
+    _, vocab_dir = corpus
+    ours = Vocab(vocab_dir)
+    serving = tokenizer_module.MarianTokenizer.from_dir(vocab_dir)
+    for text in ("Das Pferd ist grün.", "the small window", "Zebra ☃"):
+        assert serving.encode(text) == ours.encode(text)
+    assert (serving.pad_id, serving.eos_id, serving.unk_id) == (ours.pad_id, ours.eos_id, ours.unk_id)
+
+
+# --- real runs ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory: pytest.TempPathFactory) -> tuple[tr.TrainConfig, tr.TrainResult]:
+    cfg = tiny_config(corpus, tmp_path_factory.mktemp("run") / "model")
+    return cfg, tr.train(cfg)
+
+
+def test_training_lowers_the_loss(trained):
+    cfg, result = trained
+    losses = [r["loss"] for r in read_log(cfg) if "loss" in r]
+    assert result.step == 40 and len(losses) == 4
+    assert losses[-1] < losses[0] - 0.5, losses
+    evals = [r["eval"] for r in read_log(cfg) if "eval" in r]
+    assert len(evals) == 2  # at step 20 and at step 40
+    assert evals[-1]["dev/loss"] < evals[0]["dev/loss"]
+    assert set(evals[-1]) == {f"{s}/{m}" for s in ("dev", "dev-sentences") for m in ("bleu", "chrf", "loss")}
+    assert all(0.0 <= v <= 100.0 for k, v in evals[-1].items() if not k.endswith("loss"))
+
+
+def test_the_final_model_is_a_marian_directory_that_load_model_reloads(trained):
+    cfg, _ = trained
+    names = {p.name for p in cfg.out.iterdir()}
+    assert names == {"config.json", "model.safetensors", "source.spm", "target.spm", "vocab.json",
+                     "tokenizer_config.json", "generation_config.json"}
+    config, model = load_model(cfg.out, device="cpu", dtype="float32")
+    vocab = Vocab(cfg.vocab)
+    assert (config.vocab_size, config.pad_token_id, config.decoder_start_token_id) == (64, 63, 63)
+    generation = json.loads((cfg.out / "generation_config.json").read_text())
+    assert generation["decoder_start_token_id"] == generation["pad_token_id"] == vocab.pad_id
+    assert generation["bad_words_ids"] == [[vocab.pad_id]] and generation["eos_token_id"] == 0
+
+    # The checkpoint holds the same weights as the exported model.
+    state = torch.load(cfg.state_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["step"] == 40
+    reference = MarianTransformer(config)
+    reference.load_state_dict(state["model"])
+    reference.eval()
+    src = torch.tensor([vocab.encode("Das Haus ist rot.")])
+    dec = torch.tensor([[vocab.pad_id, *vocab.encode("The house", add_eos=False)]])
+    mask = torch.ones_like(src, dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.equal(model(src, mask, dec), reference(src, mask, dec))
+
+
+def test_the_final_model_loads_in_transformers_with_identical_logits(trained):
+    transformers = pytest.importorskip("transformers")
+    cfg, _ = trained
+    hf = transformers.MarianMTModel.from_pretrained(cfg.out).eval()
+    tokenizer = transformers.MarianTokenizer.from_pretrained(cfg.out)
+    _, ours = load_model(cfg.out, device="cpu", dtype="float32")
+    inputs = tokenizer(["Das Boot ist blau.", "das kleine Schaf"], return_tensors="pt", padding=True)
+    pad = tokenizer.pad_token_id
+    dec = torch.tensor([[pad, 10, 11], [pad, 12, 13]])
+    with torch.no_grad():
+        expected = hf(**inputs, decoder_input_ids=dec).logits
+        got = ours(inputs["input_ids"], inputs["attention_mask"].bool(), dec)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_eval_greedy_decoding_matches_the_serving_translator(trained):
+    translator_module = pytest.importorskip("mtserve.model.translator")
+    cfg, _ = trained
+    translator = translator_module.Translator.load(cfg.out, device="cpu", dtype="float32")
+    vocab = Vocab(cfg.vocab)
+    texts = ["Das Haus ist rot.", "das gelbe Bett", "Das Schaf ist weiß.", "das blaue Fenster"]
+    sources = [vocab.encode(t) for t in texts]
+    ours = tr.greedy_decode(translator.model, sources, vocab.pad_id, vocab.eos_id, torch.device("cpu"))
+    theirs = [t.token_ids for t in translator.translate(texts, beam_size=1)]
+    cap = 2 * max(map(len, sources)) + 10 - 1  # greedy_decode's length limit for this batch
+    for mine, served in zip(ours, theirs, strict=True):
+        assert mine == (served[:cap] if len(mine) == cap else served)
+
+
+def test_a_resumed_run_continues_from_the_saved_step_exactly(corpus, tmp_path: Path):
+    straight = tiny_config(corpus, tmp_path / "straight" / "model", max_steps=30, eval_interval=10)
+    assert tr.train(straight).step == 30
+
+    split = replace(straight, out=tmp_path / "split" / "model", state_dir=None, max_steps=20)
+    first = tr.train(split)
+    assert (first.resumed_from, first.step) == (0, 20)
+    resumed = tr.train(replace(split, max_steps=30))
+    assert (resumed.resumed_from, resumed.step) == (20, 30)
+    starts = [r for r in read_log(split) if r.get("event") == "start"]
+    assert [s["step"] for s in starts] == [0, 20]
+
+    # Same batches, dropout masks, optimizer moments and learning rates: the same weights as one run.
+    a = load_file(straight.out / "model.safetensors")
+    b = load_file(split.out / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_max_time_stops_the_run_and_still_writes_the_model(corpus, tmp_path: Path):
+    cfg = tiny_config(corpus, tmp_path / "model", max_steps=100_000, max_time=1.0, eval_interval=100_000)
+    result = tr.train(cfg)
+    assert 0 < result.step < 100_000
+    assert (cfg.out / "model.safetensors").exists() and not math.isnan(result.loss)
