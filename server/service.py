@@ -339,8 +339,17 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
     # -- errors and metrics -----------------------------------------------------------------------
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException, model: str, started: float) -> None:
-        if isinstance(exc, asyncio.CancelledError):  # the client cancelled: nobody to answer
-            self._observe(model, grpc.StatusCode.CANCELLED, started)
+        if isinstance(exc, asyncio.CancelledError):
+            # grpc.aio cancels the handler when the client goes away *or* the deadline passes: nobody to
+            # answer, but the metrics say which (as the interceptor's grpc_code does).
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                code, reason = grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceededError.reason
+            else:
+                code, reason = grpc.StatusCode.CANCELLED, RequestCancelledError.reason
+            if self.metrics is not None:
+                self.metrics.reject(model, reason)
+            self._observe(model, code, started)
             raise exc
         status = status_for(exc)
         if self.metrics is not None:
