@@ -79,7 +79,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
     # -- RPCs -------------------------------------------------------------------------------------
 
     async def Translate(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started, model_name = time.monotonic(), ""
+        started, model_name = time.monotonic(), self._model_label(request.model)
         try:
             call = self._prepare(request, context, stream=False)
             model_name = call.model.name
@@ -94,7 +94,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         return response
 
     async def TranslateStream(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        started, model_name = time.monotonic(), ""
+        started, model_name = time.monotonic(), self._model_label(request.model)
         try:
             call = self._prepare(request, context, stream=True)
             model_name = call.model.name
@@ -356,6 +356,12 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             self.metrics.reject(model, status.reason)
         self._observe(model, status.code, started)
         await context.abort(status.code, status.details)
+
+    def _model_label(self, name: str) -> str:
+        """The metrics label of the model a request names: a served model's name, else "" (so an invalid
+        request to a served model is counted under that model, and a request's own strings never are)."""
+        name = name or self.registry.default_name or ""
+        return name if name in self.registry.models else ""
 
     def _observe(self, model: str, code: grpc.StatusCode, started: float) -> None:
         if self.metrics is not None:
