@@ -213,7 +213,13 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             values["sampling_topp"] = given.sampling_topp
         if given.HasField("seed"):
             values["seed"] = given.seed
-        sampling = any(k in values for k in ("sampling_temperature", "sampling_topk", "sampling_topp"))
+        # As the .proto says (and SearchOptions.sampling decides): top-k 0 and top-p 1 mean "no limit",
+        # so giving them explicitly does not turn sampling on.
+        sampling = (
+            "sampling_temperature" in values
+            or values.get("sampling_topk", 0) > 0
+            or values.get("sampling_topp", 1.0) < 1
+        )
         if sampling:
             if given.HasField("beam_size") and given.beam_size > 1:
                 raise ValidationError("options.beam_size", f"sampling works with beam_size 1, got {given.beam_size}")
