@@ -52,6 +52,7 @@ class GroupWork:
 @dataclass
 class _Timing:
     arrival: float
+    rows: int = 1
     first_token: float | None = None
     tokens: int = 0
 
@@ -137,23 +138,28 @@ class Engine:
         now = time.monotonic()
         out = self.scheduler.schedule(now)
         events: list[TextEvent] = []
+        # The decoder drops cancelled rows inside its next step, so they still count in rows_in_use now
+        # (a group's slots: exact for greedy and beams; samples that already finished left earlier).
+        cancelled_rows = 0
         for aborted in out.aborted:
+            timing = self._timing.pop(aborted.group_id, None)
             if aborted.was_running:
                 self.runner.cancel(aborted.group_id)
-            self._timing.pop(aborted.group_id, None)
+                cancelled_rows += timing.rows if timing is not None else 0
             events.append(TextEvent(aborted.group_id, aborted=aborted.reason))
         for group in out.admitted:
             work: GroupWork = group.payload
             self.runner.add(group.group_id, work.source_ids, work.options, work.stream)
-            self._timing[group.group_id] = _Timing(group.arrival_time)
+            self._timing[group.group_id] = _Timing(group.arrival_time, rows=group.slots)
             if self.metrics is not None:
                 self.metrics.observe_text(
                     self.name, queue_wait=now - group.arrival_time, input_tokens=group.source_tokens
                 )
         if self.runner.has_work():
-            rows = self.runner.rows_in_use
+            rows = max(0, self.runner.rows_in_use - cancelled_rows)  # the rows this step decodes
             step_events = self.runner.step()
-            self.steps += 1
+            if rows:  # count decoder steps that decoded something
+                self.steps += 1
             finished = [e.group_id for e in step_events if e.finished]
             self.scheduler.update(finished)
             events += [
@@ -164,6 +170,8 @@ class Engine:
         self._deliver(events)
 
     def _observe_step(self, rows: int, finished: list[GroupId]) -> None:
+        if rows == 0:  # the step only dropped cancelled rows: nothing was decoded, nothing to count
+            return
         now = time.monotonic()
         for timing in self._timing.values():
             timing.tokens += 1
