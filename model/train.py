@@ -10,7 +10,8 @@ What it does, in the usual recipe for transformer NMT (fairseq, Marian):
 - label-smoothed cross-entropy over the non-pad target tokens;
 - AdamW, linear warm-up to ``--lr`` over ``--warmup`` steps, then inverse-square-root decay;
 - dropout from the model config, gradient-norm clipping, bf16 autocast on CUDA;
-- greedy decoding of a dev subset every ``--eval-interval`` steps, scored with sacrebleu
+- greedy decoding of a dev subset every ``--eval-interval`` steps with the serving decoder
+  (``BatchDecoder``, so what is measured is what mtserve will produce), scored with sacrebleu
   (BLEU and chrF), plus the teacher-forced dev loss;
 - a checkpoint (model, optimizer, scheduler, step, data position, RNG) written atomically to
   ``<out>.train/checkpoint.pt`` at every evaluation; a rerun with the same ``--out`` resumes it.
@@ -40,6 +41,8 @@ from tqdm import tqdm
 
 from .checkpoint import save_model
 from .config import MarianConfig
+from .generation import BatchDecoder
+from .search import SearchOptions
 from .transformer import MarianTransformer
 from .vocab import Vocab, copy_vocab
 
@@ -261,39 +264,26 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
 # --- evaluation ------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def greedy_decode(
-    model: MarianTransformer, sources: Sequence[list[int]], pad_id: int, eos_id: int, device: torch.device,
-    batch_size: int = 64,
-) -> list[list[int]]:
-    """Greedy outputs (without ``</s>``) by re-running the full decoder each step.
+def greedy_decode(model: MarianTransformer, sources: Sequence[list[int]], max_rows: int = 256) -> list[list[int]]:
+    """Greedy outputs (token ids without ``</s>``) through the serving decoder (KV cache, batched).
 
-    No KV cache on purpose: this is the plain path the model is trained with,
-    and evaluation sets are small; it keeps training independent of the
-    serving decoder.
+    Each text may run to ``2 * len(source) + 10`` tokens: an early model that has
+    not learnt to stop would otherwise decode to the position limit every time.
     """
     was_training = model.training
     model.eval()
-    results: list[list[int]] = [[] for _ in sources]
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     limit = model.config.max_position_embeddings
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        src = collate([(sources[i], [eos_id]) for i in rows], pad_id, pad_id, device)
-        memory = model.encode(src.input_ids, src.attention_mask)  # (B, S, d)
-        max_len = min(limit, 2 * src.input_ids.shape[1] + 10)
-        tokens = torch.full((len(rows), 1), pad_id, dtype=torch.long, device=device)  # decoder start
-        done = torch.zeros(len(rows), dtype=torch.bool, device=device)
-        for _ in range(max_len - 1):
-            logits = model.decode_full(tokens, memory, src.attention_mask)[:, -1]  # (B, V)
-            logits[:, pad_id] = -math.inf  # pad is never generated
-            step = logits.argmax(-1).masked_fill(done, pad_id)
-            tokens = torch.cat([tokens, step[:, None]], dim=1)
-            done |= step == eos_id
-            if bool(done.all()):
-                break
-        for row, ids in zip(rows, tokens[:, 1:].tolist(), strict=True):
-            results[row] = ids[: ids.index(eos_id)] if eos_id in ids else [i for i in ids if i != pad_id]
+    decoder = BatchDecoder(model, max(1, min(max_rows, len(sources))))
+    results: list[list[int]] = [[] for _ in sources]
+    waiting = list(reversed(range(len(sources))))  # pop() admits in input order
+    while waiting or decoder.has_work():
+        while waiting and decoder.free_rows >= 1:
+            index = waiting.pop()
+            cap = min(limit, 2 * len(sources[index]) + 10)
+            decoder.add(index, sources[index], SearchOptions(beam_size=1, max_length=cap))
+        for event in decoder.step():
+            if event.hypotheses is not None:
+                results[event.group_id] = event.hypotheses[0].token_ids  # type: ignore[index]
     model.train(was_training)
     return results
 
@@ -325,7 +315,7 @@ def evaluate(model: MarianTransformer, vocab: Vocab, eval_sets: dict[str, tuple[
         # Over-long sources are cut rather than dropped, so every reference gets a hypothesis.
         sources = [s if len(s) <= cfg.max_length else [*s[: cfg.max_length - 1], vocab.eos_id]
                    for s in vocab.encode_batch(src)]
-        outputs = greedy_decode(model, sources, vocab.pad_id, vocab.eos_id, device)
+        outputs = greedy_decode(model, sources)
         hyps = [vocab.decode(ids) for ids in outputs]
         metrics[f"{name}/bleu"] = round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)
         metrics[f"{name}/chrf"] = round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2)
