@@ -153,6 +153,9 @@ def save_model(
         prefix = "" if name in ("lm_head.weight", "final_logits_bias") else "model."
         out = tensor.detach().to("cpu")
         tensors[prefix + name] = (out.to(cast) if cast is not None else out).contiguous()
-    save_file(tensors, str(path / SAFETENSORS_FILE), metadata={"format": "pt"})
+    weights = path / SAFETENSORS_FILE
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    # safetensors creates the file 0600; a model baked into an image must be readable by a non-root server.
+    weights.chmod(0o644)
     (path / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
     return path
