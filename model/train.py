@@ -324,9 +324,20 @@ def evaluate(model: MarianTransformer, vocab: Vocab, eval_sets: dict[str, tuple[
     return metrics
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 (or AMX): bf16 matmuls run several times faster than float32 there."""
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(check and check())
+
+
 def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); a no-op elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+    """bf16 autocast (no loss scaling needed, unlike fp16) on CUDA, and on CPUs with native bf16.
+
+    Measured on this project's 2-core AVX-512 BF16 CPU: a training step of the default model took
+    about half the time under bf16 autocast. Weights and optimizer state stay float32.
+    """
+    on = enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()))
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
 
 # --- checkpoints -------------------------------------------------------------------------------
@@ -550,7 +561,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast (on CUDA and bf16 CPUs)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = vars(p.parse_args(argv))
     args["eval_sets"] = tuple(s for s in args["eval_sets"].split(",") if s)
