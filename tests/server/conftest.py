@@ -1,0 +1,327 @@
+"""Fixtures for the server's integration tests: tiny random Marian models and real servers on free ports.
+
+Models are built with mtserve's own ``MarianTransformer`` and ``save_model`` (so no Transformers import, which
+costs seconds) next to a real tokenizer from ``tests/model/_tokenizer_fixtures.py``. Three kinds:
+
+- ``tiny``: peaked random weights and a ``</s>`` logit bias near the top, so texts end at varied lengths;
+- ``endless``: ``</s>`` is never chosen before ``max_length`` (its bias is -1e4), so every text decodes to
+  exactly ``max_length`` tokens: the long requests of the head-of-line, cancellation and drain tests;
+- ``short``: like ``tiny`` with ``max_position_embeddings`` 32, for the long-text splitting tests.
+
+A server runs in process (:class:`ServerThread`: its own thread and asyncio loop, so the tests stay plain
+synchronous code with blocking gRPC stubs) or as a ``mtserve serve`` subprocess where the process matters.
+:class:`StepGate` holds the engine before its next decoder step, which makes "in flight" and "waiting"
+states deterministic without sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+import torch
+
+from mtserve.model.checkpoint import save_model
+from mtserve.model.config import MarianConfig
+from mtserve.model.tokenizer import MarianTokenizer
+from mtserve.model.transformer import MarianTransformer
+from mtserve.model.translator import Translation, Translator
+from mtserve.server.app import MtserveServer
+from mtserve.server.config import ServerConfig
+from mtserve.server.engine import Engine
+
+T = TypeVar("T")
+
+#: Seconds any bounded wait in these tests may take before it fails (generous: 2 busy cores).
+WAIT_SECONDS = 30.0
+
+# Model shapes: small enough that a decoder step takes a millisecond or two on a CPU.
+_ARCH: dict[str, Any] = {
+    "d_model": 32,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4,
+    "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64,
+    "dropout": 0.0,
+}
+
+
+def _tokenizer_fixtures() -> Any:
+    """tests/model/_tokenizer_fixtures.py, the builder of real Marian tokenizer files."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "model"))
+    try:
+        import _tokenizer_fixtures
+    finally:
+        sys.path.pop(0)
+    return _tokenizer_fixtures
+
+
+def _build_tokenizer_dir(path: Path) -> None:
+    _tokenizer_fixtures().build_tokenizer_dir(path, vocab_size=150)
+
+
+def sample_texts(count: int, seed: int = 5) -> list[str]:
+    """`count` English-ish sentences from the tokenizer fixture's corpus generator (deterministic)."""
+    return list(_tokenizer_fixtures().source_corpus(count, seed=seed))
+
+
+def build_model_dir(
+    path: Path,
+    *,
+    seed: int = 0,
+    max_positions: int = 128,
+    endless: bool = False,
+    init_std: float = 0.3,
+    embedding_std: float = 0.1,
+    eos_boost: float = 0.3,
+) -> Path:
+    """Write a random Marian model with a real tokenizer at ``path``; returns ``path``.
+
+    Linear weights are N(0, init_std), embeddings N(0, embedding_std) (peaked distributions: no near-ties,
+    so batching cannot flip a choice); the output bias is N(0, 1) with the ``</s>`` entry at the top plus
+    ``eos_boost`` (with seed 0 texts end at lengths from 0 to max_length), or at -1e4 with ``endless``
+    (texts run to max_length).
+    """
+    _build_tokenizer_dir(path)
+    tokenizer = MarianTokenizer.from_dir(path)
+    config = MarianConfig(
+        vocab_size=tokenizer.source_vocab_size,
+        decoder_vocab_size=tokenizer.target_vocab_size,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_id,
+        decoder_start_token_id=tokenizer.pad_id,
+        eos_token_id=tokenizer.eos_id,
+        forced_eos_token_id=tokenizer.eos_id,
+        **_ARCH,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    model = MarianTransformer(config)
+    with torch.no_grad():
+        # Transformers' Marian initialisation with larger stds: biases 0, layer norms the identity.
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * init_std)
+            if isinstance(module, torch.nn.Embedding):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * embedding_std)
+            if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                module.bias.zero_()
+        bias = torch.randn(model.final_logits_bias.shape, generator=generator)
+        bias[0, config.eos_token_id] = -1e4 if endless else bias[0].max() + eos_boost
+        model.final_logits_bias.copy_(bias)
+    save_model(model, config, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """name -> model directory, for the kinds described in the module docstring."""
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "tiny": build_model_dir(root / "tiny", seed=0, max_positions=128),
+        "endless": build_model_dir(root / "endless", seed=1, max_positions=256, endless=True),
+        "short": build_model_dir(root / "short", seed=2, max_positions=32),
+    }
+
+
+@pytest.fixture(scope="session")
+def offline(model_dirs: dict[str, Path]) -> Callable[[str], Translator]:
+    """name -> a Translator of that model, loaded on its own (not the server's), for reference outputs."""
+    loaded: dict[str, Translator] = {}
+
+    def get(name: str) -> Translator:
+        if name not in loaded:
+            loaded[name] = Translator.load(model_dirs[name], device="cpu")
+        return loaded[name]
+
+    return get
+
+
+def expected_output_tokens(translation: Translation, max_length: int) -> int:
+    """What the server reports as output_tokens for an offline translation: </s> counts when generated."""
+    if not translation.token_ids and not translation.input_tokens:
+        return 0  # an empty text: nothing decoded
+    return min(len(translation.token_ids) + 1, max_length)
+
+
+# -- waiting without sleeping as an assertion --------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT_SECONDS) -> None:
+    """Poll `predicate` until it is true; fail the test naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.005)
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (for subprocesses that need the port on the command line)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- an in-process server ----------------------------------------------------------------------------
+
+
+class ServerThread:
+    """An :class:`MtserveServer` running on its own asyncio loop in a background thread."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        prepare: Callable[[MtserveServer], None] | None = None,
+        wait: bool = True,
+    ) -> None:
+        """Create the server (then call `prepare` on it) and start it; with `wait`, until it serves."""
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-server-loop", daemon=True)
+        self._thread.start()
+        self.stopped = False
+        self.server = self.run(self._create(config))
+        if prepare is not None:
+            prepare(self.server)
+        self.started = self.submit(self.server.start())
+        if wait:
+            self.started.result(120)
+
+    @staticmethod
+    async def _create(config: ServerConfig) -> MtserveServer:
+        return MtserveServer(config)  # grpc.aio binds a server to the loop it is created on
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = WAIT_SECONDS) -> T:
+        """Run `coroutine` on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> Any:
+        """Start `coroutine` on the server's loop; returns a concurrent.futures.Future."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def engine(self, model: str) -> Engine:
+        return self.server.registry.models[model].engine
+
+    def stop(self, grace: float = 5.0) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.run(self.server.stop(grace), timeout=grace + WAIT_SECONDS)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(WAIT_SECONDS)
+        self.loop.close()
+
+
+def server_config(model_dirs: dict[str, Path], *names: str, **overrides: Any) -> ServerConfig:
+    """A config serving `names` (the first is the default) on free ports of 127.0.0.1, on the CPU."""
+    values: dict[str, Any] = {
+        "models": [f"{name}={model_dirs[name]}" for name in names],
+        "host": "127.0.0.1",
+        "port": 0,
+        "metrics_port": 0,
+        "device": "cpu",
+        "log_level": "WARNING",
+        **overrides,
+    }
+    return ServerConfig(**values)
+
+
+@contextlib.contextmanager
+def running_server(config: ServerConfig) -> Iterator[ServerThread]:
+    server = ServerThread(config)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# The shared server's limits, small enough that the validation tests can exceed them cheaply.
+SHARED_LIMITS: dict[str, Any] = {"max_texts_per_request": 8, "max_text_chars": 2000, "max_batch_size": 64}
+
+
+@pytest.fixture(scope="session")
+def server(model_dirs: dict[str, Path]) -> Iterator[ServerThread]:
+    """One server for the tests that do not change its state: tiny (default), endless and short."""
+    with running_server(server_config(model_dirs, "tiny", "endless", "short", **SHARED_LIMITS)) as running:
+        yield running
+
+
+@pytest.fixture()
+def channel(server: ServerThread) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server.address) as ch:
+        yield ch
+
+
+# -- holding the engine ------------------------------------------------------------------------------
+
+
+class StepGate:
+    """Holds an engine's thread before each decoder step until :meth:`open` (or the test ends).
+
+    While held, the engine has already admitted what the scheduler chose for that step, so the test can
+    see a request "running" (or others "waiting") for as long as it needs, without timing assumptions.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.entered = threading.Event()
+        self._open = threading.Event()
+        self._step = engine.runner.step
+
+    def __enter__(self) -> StepGate:
+        runner, step = self.engine.runner, self._step
+
+        def gated_step() -> Any:
+            self.entered.set()
+            self._open.wait(WAIT_SECONDS * 2)
+            return step()
+
+        runner.step = gated_step  # type: ignore[method-assign]
+        return self
+
+    def open(self) -> None:
+        self._open.set()
+
+    def __exit__(self, *exc: object) -> None:
+        self._open.set()
+        with contextlib.suppress(AttributeError):
+            del self.engine.runner.step  # back to the class's method
+
+    def wait_entered(self) -> None:
+        if not self.entered.wait(WAIT_SECONDS):
+            pytest.fail("the engine never reached a decoder step")
+
+
+class Helpers:
+    """The helpers above, for test modules (a conftest is not importable by name)."""
+
+    ServerThread = ServerThread
+    StepGate = StepGate
+    wait_until = staticmethod(wait_until)
+    free_port = staticmethod(free_port)
+    server_config = staticmethod(server_config)
+    running_server = staticmethod(running_server)
+    build_model_dir = staticmethod(build_model_dir)
+    sample_texts = staticmethod(sample_texts)
+    expected_output_tokens = staticmethod(expected_output_tokens)
+    WAIT_SECONDS = WAIT_SECONDS
+    SHARED_LIMITS = SHARED_LIMITS
+
+
+@pytest.fixture(scope="session")
+def helpers() -> type[Helpers]:
+    return Helpers
