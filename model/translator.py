@@ -92,7 +92,9 @@ class Translator:
 
     def generate(self, sources: Sequence[Sequence[int]], options: SearchOptions) -> list[list[Hypothesis]]:
         """Decode token-id sources (each ending in </s>); returns each source's hypotheses, best first."""
-        decoder = BatchDecoder(self.model, max(self.max_batch_rows, options.rows))
+        # Rows for what is asked, not max_batch_rows: the cache is allocated (and zeroed) per call.
+        rows = max(options.rows, min(self.max_batch_rows, len(sources) * options.rows))
+        decoder = BatchDecoder(self.model, rows)
         for source in sources:
             decoder.check(source, options)
         results: list[list[Hypothesis] | None] = [None] * len(sources)
@@ -111,7 +113,7 @@ class Translator:
         """Translate each text. Options are those of :class:`SearchOptions`; the n-best list is
         filled when num_hypotheses > 1. An empty or whitespace-only text gives an empty translation
         without running the model."""
-        search = SearchOptions(**{**self.defaults, **options})
+        search = SearchOptions(**self._with_defaults(options))
         indices = [i for i, text in enumerate(texts) if text.strip()]
         sources = [self.tokenizer.encode(texts[i]) for i in indices]
         outputs = self.generate(sources, search)
@@ -126,6 +128,17 @@ class Translator:
                 best.text, best.token_ids, best.score, nbest if search.num_hypotheses > 1 else [], len(source)
             )
         return results
+
+    def _with_defaults(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The model's defaults overridden by `options`; a default yields where it conflicts with them
+        (sampling asked without a beam size gets one beam; a default min_length stays below max_length)."""
+        values = {**self.defaults, **options}
+        sampling_asked = SearchOptions(**{k: v for k, v in options.items() if k.startswith("sampling_")}).sampling
+        if sampling_asked and "beam_size" not in options:
+            values["beam_size"] = 1
+        if "min_length" not in options and "min_length" in values:
+            values["min_length"] = min(values["min_length"], values["max_length"] - 1)
+        return values
 
     def default_max_length(self) -> int:
         """Marian's own generation default is 512; cap it at what the position table allows."""
