@@ -1,0 +1,219 @@
+"""The cached decoder equals the plain no-cache decoder at every step, whatever happens to the batch.
+
+A spy around ``MarianTransformer.decode_step`` reconstructs, from the BatchDecoder's search state, the
+full prefix of every cache row at every step, and compares the cached logits with ``decode_full`` on
+that prefix (the annotated-transformer test oracle). The scenario has texts joining mid-way, a beam
+group cancelled mid-way, beam reordering, and both cache axes growing past their initial 64 positions
+while other rows are in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+import pytest
+import torch
+
+from mtserve.model.checkpoint import load_model
+from mtserve.model.generation import BatchDecoder
+from mtserve.model.kv_cache import KVCache
+from mtserve.model.search import BeamSearch, GreedySearch, Hypothesis, SamplingSearch, SearchOptions
+from mtserve.model.transformer import MarianTransformer
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+INITIAL = 64  # KVCache's initial length on both axes
+
+
+@pytest.fixture(scope="module")
+def model(make_marian: Any, tmp_path_factory: pytest.TempPathFactory) -> MarianTransformer:
+    path = tmp_path_factory.mktemp("kv")
+    make_marian(path, eos_boost=None, decoder_layers=3, decoder_attention_heads=2)
+    # float64, so that the 1e-5 tolerance is far above rounding and far below any real error.
+    return load_model(path, device="cpu", dtype=torch.float64)[1]
+
+
+def _sources(model: MarianTransformer, lengths: list[int], seed: int) -> list[list[int]]:
+    config = model.config
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        [*torch.randint(2, config.pad_token_id, (n - 1,), generator=generator).tolist(), config.eos_token_id]
+        for n in lengths
+    ]
+
+
+class Oracle:
+    """Wraps ``model.decode_step``: checks each step's logits against ``decode_full`` on the rows' prefixes."""
+
+    def __init__(self, model: MarianTransformer, decoder: BatchDecoder, sources: dict[Hashable, list[int]]) -> None:
+        self.model = model
+        self.decoder = decoder
+        self.sources = sources
+        self.memory: dict[Hashable, torch.Tensor] = {}
+        self.steps = 0
+        self.max_error = 0.0
+        self.original = model.decode_step
+
+    def row_prefixes(self) -> list[tuple[Hashable, list[int]]]:
+        """(group, start token + tokens so far) of every cache row, in row order, from the search states."""
+        start = self.model.config.decoder_start_token_id
+        rows: list[tuple[Hashable, list[int]]] = []
+        for group in self.decoder._groups:
+            search = group.search
+            assert group.start == len(rows), "groups must occupy contiguous rows in order"
+            if isinstance(search, GreedySearch):
+                tokens = [search.tokens]
+            elif isinstance(search, BeamSearch):
+                tokens = search.running_tokens
+            else:
+                assert isinstance(search, SamplingSearch)
+                tokens = [search.tokens[h] for h in search.active]
+            rows += [(group.group_id, [start, *t]) for t in tokens]
+        return rows
+
+    def encoded(self, group_id: Hashable) -> torch.Tensor:
+        if group_id not in self.memory:
+            ids = torch.tensor([self.sources[group_id]])
+            self.memory[group_id] = self.model.encode(ids, torch.ones_like(ids, dtype=torch.bool))[0]  # (S, d)
+        return self.memory[group_id]
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, *args: Any) -> torch.Tensor:
+        logits = self.original(tokens, positions, cache, *args)  # (N, V)
+        rows = self.row_prefixes()
+        assert len(rows) == tokens.shape[0]
+        assert [prefix[-1] for _, prefix in rows] == tokens.tolist(), "each row's input is its last token"
+        assert [len(prefix) - 1 for _, prefix in rows] == positions.tolist()
+
+        memories = [self.encoded(group_id) for group_id, _ in rows]
+        longest_source = max(m.shape[0] for m in memories)
+        longest_prefix = max(len(p) for _, p in rows)
+        memory = memories[0].new_zeros(len(rows), longest_source, memories[0].shape[1])  # (N, S, d)
+        memory_mask = torch.zeros(len(rows), longest_source, dtype=torch.bool)
+        prefixes = torch.full((len(rows), longest_prefix), self.model.config.pad_token_id)  # (N, T)
+        for i, ((_, prefix), m) in enumerate(zip(rows, memories, strict=True)):
+            memory[i, : m.shape[0]], memory_mask[i, : m.shape[0]] = m, True
+            prefixes[i, : len(prefix)] = torch.tensor(prefix)
+        full = self.model.decode_full(prefixes, memory, memory_mask)  # (N, T, V)
+        last = torch.tensor([len(p) - 1 for _, p in rows])
+        expected = full[torch.arange(len(rows)), last]  # (N, V)
+        torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5, msg=lambda m: f"step {self.steps}: {m}")
+        self.max_error = max(self.max_error, (logits - expected).abs().max().item())
+        self.steps += 1
+        return logits
+
+
+def _solo(model: MarianTransformer, source: list[int], options: SearchOptions) -> list[Hypothesis]:
+    decoder = BatchDecoder(model, options.rows)
+    decoder.add("solo", source, options)
+    while True:
+        for event in decoder.step():
+            if event.hypotheses is not None:
+                return event.hypotheses
+
+
+def test_cached_steps_equal_full_decoder(model: MarianTransformer, monkeypatch: pytest.MonkeyPatch) -> None:
+    long = SearchOptions(max_length=80, min_length=70)  # past the initial 64 target positions
+    beam = SearchOptions(beam_size=3, max_length=80, min_length=70)
+    short_beam = SearchOptions(beam_size=4, max_length=12)
+    sampled = SearchOptions(num_hypotheses=2, sampling_topk=5, seed=7, max_length=40, min_length=30)
+    src = dict(
+        zip(
+            ["greedy", "beam", "cancelled", "sampled", "long-source"],
+            _sources(model, [9, 5, 14, 7, 100], 0),
+            strict=True,
+        )
+    )
+    # When a text joins (step index) and with which options.
+    plan: dict[int, list[tuple[str, SearchOptions]]] = {
+        0: [("greedy", long), ("cancelled", short_beam)],
+        3: [("beam", beam), ("sampled", sampled)],
+        20: [("long-source", long)],  # source > 64: the cross-attention buffers grow under running rows
+    }
+    cancel_at = 6
+
+    decoder = BatchDecoder(model, 16)
+    oracle = Oracle(model, decoder, src)
+    monkeypatch.setattr(model, "decode_step", oracle)
+    gathers: list[list[int]] = []
+    original_gather = decoder.cache.gather
+
+    def gather(sources: torch.Tensor, **kwargs: int) -> None:
+        gathers.append(sources.tolist())
+        original_gather(sources, **kwargs)
+
+    monkeypatch.setattr(decoder.cache, "gather", gather)
+
+    results: dict[Hashable, list[Hypothesis]] = {}
+    options: dict[Hashable, SearchOptions] = {}
+    step = 0
+    while step <= max(plan) or decoder.has_work():
+        for group_id, opts in plan.get(step, []):
+            decoder.add(group_id, src[group_id], opts)
+            options[group_id] = opts
+        if step == cancel_at:
+            decoder.cancel("cancelled")
+        for event in decoder.step():
+            if event.hypotheses is not None:
+                results[event.group_id] = event.hypotheses
+        step += 1
+
+    assert oracle.steps == step
+    assert "cancelled" not in results
+    assert set(results) == {"greedy", "beam", "sampled", "long-source"}
+    assert decoder.cache.target_capacity > INITIAL and decoder.cache.source_capacity > INITIAL
+    assert any(rows != sorted(rows) for rows in gathers), "no beam reordering happened"
+    assert max(len(results[g][0].token_ids) for g in results) > INITIAL
+    # Nobody was affected by the others joining, leaving or growing the cache.
+    monkeypatch.undo()
+    for group_id, hypotheses in results.items():
+        alone = _solo(model, src[group_id], options[group_id])
+        assert [h.token_ids for h in hypotheses] == [h.token_ids for h in alone], group_id
+        assert [h.score for h in hypotheses] == pytest.approx([h.score for h in alone], abs=1e-5), group_id
+
+
+def test_gather_moves_whole_rows() -> None:
+    cache = KVCache(2, 4, 2, 3, max_target_length=16, dtype=torch.float32, device="cpu", initial_length=4)
+    for buffer in (cache.self_k, cache.self_v, cache.cross_k, cache.cross_v):
+        buffer.copy_(torch.arange(4.0)[None, :, None, None, None].expand_as(buffer))  # row r holds r everywhere
+    cache.set_source_length(torch.arange(4), torch.tensor([1, 2, 3, 4]))
+    cache.gather(torch.tensor([2, 2, 0]), target_length=4, source_length=4)
+    for buffer in (cache.self_k, cache.self_v, cache.cross_k, cache.cross_v):
+        for row, value in enumerate([2.0, 2.0, 0.0, 3.0]):  # row 3 was not a destination: untouched
+            assert torch.equal(buffer[:, row], torch.full_like(buffer[:, row], value)), row
+    assert cache.source_length.tolist() == [3, 3, 1, 4]
+
+
+def test_growth_keeps_contents_and_respects_the_limit() -> None:
+    cache = KVCache(1, 2, 1, 2, max_target_length=20, dtype=torch.float32, device="cpu", initial_length=4)
+    cache.self_k.normal_()
+    cache.cross_v.normal_()
+    self_before, cross_before = cache.self_k.clone(), cache.cross_v.clone()
+    cache.reserve(target_length=9, source_length=5)
+    assert (cache.target_capacity, cache.source_capacity) == (16, 8)
+    assert torch.equal(cache.self_k[..., :4, :], self_before) and torch.equal(cache.cross_v[..., :4, :], cross_before)
+    cache.reserve(target_length=20)
+    assert cache.target_capacity == 20  # doubling is capped at the limit
+    with pytest.raises(ValueError, match="target length 21 exceeds the cache limit 20"):
+        cache.reserve(target_length=21)
+
+
+def test_oracle_catches_a_broken_cache(model: MarianTransformer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The comparison above can fail: a cache that drops the oldest self-attention entry is caught."""
+    decoder = BatchDecoder(model, 4)
+    source = _sources(model, [6], 1)[0]
+    oracle = Oracle(model, decoder, {"g": source})
+    monkeypatch.setattr(model, "decode_step", oracle)
+    original_append = decoder.cache.append
+
+    def forgetful_append(layer: int, positions: torch.Tensor, key: torch.Tensor, value: torch.Tensor, length: int):
+        k, v = original_append(layer, positions, key, value, length)
+        if length > 2:
+            k[:, :, 0] = 0.0
+        return k, v
+
+    monkeypatch.setattr(decoder.cache, "append", forgetful_append)
+    decoder.add("g", source, SearchOptions(max_length=8, min_length=7))
+    with pytest.raises(AssertionError, match="step 2"):
+        while decoder.has_work():
+            decoder.step()
