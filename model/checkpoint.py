@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -81,6 +82,21 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
     return {name.removeprefix("model."): tensor for name, tensor in tensors.items()}, file
 
 
+def _has_distinct_embeddings(config: MarianConfig, tensors: dict[str, torch.Tensor]) -> bool:
+    """A shared vocabulary whose encoder and decoder tables differ on disk.
+
+    Transformers 5 saves a shared-vocabulary model with tie_word_embeddings=False that way (and leaves
+    shared.weight unused); older files hold one table under all three names.
+    """
+    encoder, decoder = tensors.get("encoder.embed_tokens.weight"), tensors.get("decoder.embed_tokens.weight")
+    return (
+        config.share_encoder_decoder_embeddings
+        and encoder is not None
+        and decoder is not None
+        and not torch.equal(encoder, decoder)
+    )
+
+
 def _find(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor | None:
     for candidate in (name, *_ALIASES.get(name, ())):
         if candidate in tensors:
@@ -103,8 +119,12 @@ def load_model(
     target_dtype = resolve_dtype(dtype, target_device)
     tensors, file = read_state_dict(path)
 
+    structure = config
+    if _has_distinct_embeddings(config, tensors):
+        structure = dataclasses.replace(config, share_encoder_decoder_embeddings=False)
     with torch.device("meta"):
-        model = MarianTransformer(config)
+        model = MarianTransformer(structure)
+    model.config = config
     state: dict[str, torch.Tensor] = {}
     for name, expected in model.state_dict().items():
         tensor = _find(tensors, name)
