@@ -211,6 +211,15 @@ def write_splits(pairs: Iterable[tuple[str, str]], out_dir: Path) -> dict[str, i
 # --- getting the dictionary out of the Debian package ---------------------------------
 
 
+def read_split(data_dir: Path, name: str) -> tuple[list[str], list[str]]:
+    """``name.de`` and ``name.en`` (as written by :func:`write_splits`) as two aligned lists of lines."""
+    src = (data_dir / f"{name}.de").read_text(encoding="utf-8").splitlines()
+    tgt = (data_dir / f"{name}.en").read_text(encoding="utf-8").splitlines()
+    if len(src) != len(tgt):
+        raise ValueError(f"{data_dir}/{name}.de has {len(src)} lines, {name}.en has {len(tgt)}")
+    return src, tgt
+
+
 def find_deb(cache_dir: Path) -> Path | None:
     """The newest ``trans-de-en_*.deb`` in ``cache_dir``, if any."""
     debs = sorted(cache_dir.glob(f"{PACKAGE}_*.deb"))

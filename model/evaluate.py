@@ -17,15 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .data import read_split
 from .translator import Translator
-
-
-def read_split(data: Path, name: str) -> tuple[list[str], list[str]]:
-    sources = (data / f"{name}.de").read_text(encoding="utf-8").splitlines()
-    references = (data / f"{name}.en").read_text(encoding="utf-8").splitlines()
-    if len(sources) != len(references):
-        raise ValueError(f"{data}/{name}: {len(sources)} German lines but {len(references)} English lines")
-    return sources, references
 
 
 def score(translator: Translator, sources: list[str], references: list[str], beam_size: int) -> dict[str, float]:

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from .checkpoint import save_model
 from .config import MarianConfig
+from .data import read_split
 from .generation import BatchDecoder
 from .search import SearchOptions
 from .transformer import MarianTransformer
@@ -127,15 +128,6 @@ class TrainConfig:
 
 
 # --- data --------------------------------------------------------------------------------------
-
-
-def read_split(data_dir: Path, name: str) -> tuple[list[str], list[str]]:
-    """``name.de`` and ``name.en`` as two aligned lists of lines."""
-    src = (data_dir / f"{name}.de").read_text(encoding="utf-8").splitlines()
-    tgt = (data_dir / f"{name}.en").read_text(encoding="utf-8").splitlines()
-    if len(src) != len(tgt):
-        raise ValueError(f"{data_dir}/{name}.de has {len(src)} lines, {name}.en has {len(tgt)}")
-    return src, tgt
 
 
 def encode_pairs(vocab: Vocab, src: Sequence[str], tgt: Sequence[str], max_length: int) -> list[Example]:
