@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import save_model
+from .checkpoint import load_model, save_model
 from .config import MarianConfig
 from .data import read_split
 from .generation import BatchDecoder
@@ -82,9 +82,13 @@ class TrainConfig:
     amp: bool = True
     progress: bool = True
     state_dir: Path | None = None
+    # Start from these weights (a Marian directory of the same architecture) instead of a random init:
+    # how training continues across machines when only the exported model survives.
+    init_from: Path | None = None
 
     def __post_init__(self) -> None:
         self.data, self.vocab, self.out = Path(self.data), Path(self.vocab), Path(self.out)
+        self.init_from = Path(self.init_from) if self.init_from else None
         default_state = self.out.with_name(self.out.name + ".train")
         self.state_dir = Path(self.state_dir) if self.state_dir else default_state
         for name in ("d_model", "layers", "heads", "ffn", "max_tokens", "max_length", "max_steps",
@@ -242,6 +246,14 @@ def init_weights(model: nn.Module, d_model: int, pad_id: int) -> None:
             nn.init.normal_(module.weight, 0.0, d_model**-0.5)
             with torch.no_grad():
                 module.weight[pad_id].zero_()
+
+
+def load_weights(model: MarianTransformer, path: Path) -> None:
+    """Copy the weights of the Marian directory `path` into `model` (their configs must agree)."""
+    source_config, source = load_model(path, device="cpu", dtype="float32")
+    if source_config.to_dict() != model.config.to_dict():
+        raise ValueError(f"--init-from {path}: its config.json describes a different model than these flags")
+    model.load_state_dict(source.state_dict())
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -408,6 +420,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     config = cfg.model_config(vocab)
     model = MarianTransformer(config)
     init_weights(model, cfg.d_model, vocab.pad_id)
+    if cfg.init_from is not None:
+        load_weights(model, cfg.init_from)
     model.to(device).train()
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(cfg.warmup))
@@ -555,6 +569,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast (on CUDA and bf16 CPUs)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from the weights of this model directory (same architecture)")
     args = vars(p.parse_args(argv))
     args["eval_sets"] = tuple(s for s in args["eval_sets"].split(",") if s)
     return TrainConfig(**args)

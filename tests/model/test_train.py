@@ -264,3 +264,17 @@ def test_max_time_stops_the_run_and_still_writes_the_model(corpus, tmp_path: Pat
     result = tr.train(cfg)
     assert 0 < result.step < 100_000
     assert (cfg.out / "model.safetensors").exists() and not math.isnan(result.loss)
+
+
+def test_init_from_starts_at_the_given_weights_and_rejects_another_architecture(trained, corpus, tmp_path: Path):
+    cfg, _ = trained
+    # A learning rate of ~0 leaves the weights where --init-from put them.
+    cont = tiny_config(corpus, tmp_path / "continued", init_from=cfg.out, max_steps=1, lr=1e-30, warmup=1)
+    tr.train(cont)
+    before, after = load_file(cfg.out / "model.safetensors"), load_file(cont.out / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+
+    other = tiny_config(corpus, tmp_path / "other", init_from=cfg.out, d_model=16, max_steps=1)
+    with pytest.raises(ValueError, match=r"--init-from .* different model"):
+        tr.train(other)
