@@ -85,6 +85,7 @@ class TrainConfig:
     # Start from these weights (a Marian directory of the same architecture) instead of a random init:
     # how training continues across machines when only the exported model survives.
     init_from: Path | None = None
+    save_dtype: str | None = None  # weights on disk: None keeps float32; float16 halves the file
 
     def __post_init__(self) -> None:
         self.data, self.vocab, self.out = Path(self.data), Path(self.vocab), Path(self.out)
@@ -355,9 +356,12 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def export_model(model: MarianTransformer, config: MarianConfig, vocab_dir: Path, out: Path) -> Path:
-    """The finished model in the Marian layout: weights, config, tokenizer files, generation defaults."""
-    save_model(model, config, out)
+def export_model(
+    model: MarianTransformer, config: MarianConfig, vocab_dir: Path, out: Path, dtype: str | None = None
+) -> Path:
+    """The finished model in the Marian layout: weights (in `dtype`, e.g. float16 to halve the file),
+    config, tokenizer files, generation defaults."""
+    save_model(model, config, out, dtype=dtype)
     copy_vocab(vocab_dir, out)
     generation = {
         "bad_words_ids": [[config.pad_token_id]],
@@ -501,7 +505,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         log({"step": step, "eval": metrics})
     checkpoint()
     model.eval()
-    export_model(model, config, cfg.vocab, cfg.out)
+    export_model(model, config, cfg.vocab, cfg.out, cfg.save_dtype)
     log({"event": "done", "step": step, "seconds": round(time.perf_counter() - started, 1)})
     return TrainResult(step, resumed_from, last_loss, metrics, cfg.out)
 
@@ -569,6 +573,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast (on CUDA and bf16 CPUs)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--save-dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="dtype of the exported weights (float16 halves the file)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from the weights of this model directory (same architecture)")
     args = vars(p.parse_args(argv))

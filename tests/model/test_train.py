@@ -278,3 +278,13 @@ def test_init_from_starts_at_the_given_weights_and_rejects_another_architecture(
     other = tiny_config(corpus, tmp_path / "other", init_from=cfg.out, d_model=16, max_steps=1)
     with pytest.raises(ValueError, match=r"--init-from .* different model"):
         tr.train(other)
+
+
+def test_save_dtype_float16_halves_the_weights_file(corpus, trained, tmp_path: Path):
+    cfg, _ = trained
+    half = tiny_config(corpus, tmp_path / "half", max_steps=1, save_dtype="float16")
+    tr.train(half)
+    weights = load_file(half.out / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float16}
+    full_size = (cfg.out / "model.safetensors").stat().st_size
+    assert (half.out / "model.safetensors").stat().st_size < 0.6 * full_size
