@@ -69,6 +69,8 @@ class BatchDecoder:
         # Host-side per-row state, in row order: the next input token and its position.
         self._tokens: list[int] = []
         self._positions: list[int] = []
+        #: Rows the last step decoded (cancelled rows leave before the step, so they do not count).
+        self.last_step_rows = 0
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
@@ -124,6 +126,7 @@ class BatchDecoder:
         """Admit pending texts, run one decoder step for all rows, advance every search."""
         self._drop_cancelled()
         self._admit()
+        self.last_step_rows = len(self._tokens)
         if not self._groups:
             return []
         tokens = torch.tensor(self._tokens, device=self.device)

@@ -52,7 +52,6 @@ class GroupWork:
 @dataclass
 class _Timing:
     arrival: float
-    rows: int = 1
     first_token: float | None = None
     tokens: int = 0
 
@@ -138,26 +137,22 @@ class Engine:
         now = time.monotonic()
         out = self.scheduler.schedule(now)
         events: list[TextEvent] = []
-        # The decoder drops cancelled rows inside its next step, so they still count in rows_in_use now
-        # (a group's slots: exact for greedy and beams; samples that already finished left earlier).
-        cancelled_rows = 0
         for aborted in out.aborted:
-            timing = self._timing.pop(aborted.group_id, None)
+            self._timing.pop(aborted.group_id, None)
             if aborted.was_running:
                 self.runner.cancel(aborted.group_id)
-                cancelled_rows += timing.rows if timing is not None else 0
             events.append(TextEvent(aborted.group_id, aborted=aborted.reason))
         for group in out.admitted:
             work: GroupWork = group.payload
             self.runner.add(group.group_id, work.source_ids, work.options, work.stream)
-            self._timing[group.group_id] = _Timing(group.arrival_time, rows=group.slots)
+            self._timing[group.group_id] = _Timing(group.arrival_time)
             if self.metrics is not None:
                 self.metrics.observe_text(
                     self.name, queue_wait=now - group.arrival_time, input_tokens=group.source_tokens
                 )
         if self.runner.has_work():
-            rows = max(0, self.runner.rows_in_use - cancelled_rows)  # the rows this step decodes
             step_events = self.runner.step()
+            rows = self.runner.last_step_rows
             if rows:  # count decoder steps that decoded something
                 self.steps += 1
             finished = [e.group_id for e in step_events if e.finished]

@@ -46,6 +46,11 @@ class Runner:
             self.decoder.cancel(group_id)
             self._groups.discard(group_id)
 
+    @property
+    def last_step_rows(self) -> int:
+        """Rows the last step decoded: its batch size (rows of cancelled groups left before it)."""
+        return self.decoder.last_step_rows
+
     def step(self) -> list[GroupEvent]:
         events = self.decoder.step()
         for event in events:
