@@ -22,32 +22,28 @@ from .aio import AsyncTranslationClient
 from .cli import add_connection_arguments, add_decoding_arguments, decoding_kwargs
 from .types import TranslationError
 
-# Varied lengths, so that batches mix short and long texts as real traffic does.
+# Varied lengths, so that batches mix short and long texts as real traffic does. German, because the
+# bundled default model translates German to English.
 SENTENCES = (
-    "Hello, how are you?",
-    "The weather is nice today.",
-    "Where is the train station?",
-    "I would like a cup of coffee, please.",
-    "Thank you very much for your help.",
-    "The meeting has been moved to Thursday afternoon.",
-    "Please send me the report by the end of the week.",
-    "She has lived in this city for more than ten years.",
-    "Could you tell me how to get to the museum from here?",
-    "The new library will open to the public next spring.",
-    "We need to buy bread, milk and eggs on the way home.",
-    "He forgot his umbrella, so he got wet on the way to work.",
-    "The committee approved the budget after a long discussion.",
-    "Children learn languages much faster than most adults do.",
-    "Our flight was delayed by two hours because of the storm.",
-    "The restaurant on the corner serves the best soup in town.",
-    "Scientists have discovered a new species of frog in the rainforest.",
-    "If you have any questions, do not hesitate to contact our support team.",
-    "The company announced that it will hire two hundred new employees this year.",
-    "After the concert, we walked along the river and talked until midnight.",
-    "Reading before bed helps many people relax and fall asleep more easily.",
-    "The government is planning to invest more money in public transport and renewable energy.",
-    "Although it was raining heavily, thousands of people gathered in the square to celebrate.",
-    "The translation of technical documents requires both linguistic skill and domain knowledge.",
+    "Hallo, wie geht es dir?",
+    "Das Wetter ist heute schön.",
+    "Wo ist der Bahnhof?",
+    "Ich hätte gern eine Tasse Kaffee, bitte.",
+    "Vielen Dank für Ihre Hilfe.",
+    "Die Besprechung wurde auf Donnerstagnachmittag verschoben.",
+    "Bitte schicken Sie mir den Bericht bis Ende der Woche.",
+    "Sie wohnt seit mehr als zehn Jahren in dieser Stadt.",
+    "Können Sie mir sagen, wie ich von hier zum Museum komme?",
+    "Die neue Bibliothek wird im nächsten Frühling für die Öffentlichkeit geöffnet.",
+    "Wir müssen auf dem Heimweg Brot, Milch und Eier kaufen.",
+    "Er hat seinen Regenschirm vergessen und wurde auf dem Weg zur Arbeit nass.",
+    "Der Ausschuss hat den Haushalt nach einer langen Diskussion genehmigt.",
+    "Kinder lernen Sprachen viel schneller als die meisten Erwachsenen.",
+    "Unser Flug hatte wegen des Sturms zwei Stunden Verspätung.",
+    "Das Restaurant an der Ecke serviert die beste Suppe der Stadt.",
+    "Wissenschaftler haben im Regenwald eine neue Froschart entdeckt.",
+    "Wenn Sie Fragen haben, wenden Sie sich bitte an unser Support-Team.",
+    "Das Unternehmen hat angekündigt, in diesem Jahr zweihundert neue Mitarbeiter einzustellen.",
 )
 
 
@@ -192,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     group.add_argument("--duration", type=float, metavar="S", help="run for S seconds instead")
     parser.add_argument("--texts-per-request", type=int, default=1, metavar="K", help="(%(default)s)")
     parser.add_argument("-i", "--input", metavar="FILE",
-                        help="texts, one per line (default: built-in English sentences)")
+                        help="texts, one per line (default: built-in German sentences)")
     parser.add_argument("--connections", type=int, default=1, metavar="N",
                         help="gRPC connections shared by the workers (%(default)s)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
