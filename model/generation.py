@@ -220,27 +220,27 @@ class BatchDecoder:
         tokens: list[int] = []
         positions: list[int] = []
         groups: list[_Group] = []
+        groups_moved = False
         for group, plan in zip(self._groups, plans, strict=True):
             if plan is None:
                 continue
             rows, next_tokens = plan
             next_position = self._positions[group.start] + 1
+            groups_moved |= group.start != len(sources)
             group.start = len(sources)
             sources += rows
             tokens += next_tokens
             positions += [next_position] * len(rows)
             groups.append(group)
-        self._move_rows(sources, positions)
+        if sources != list(range(len(sources))):
+            # Beams reorder within their text, so cross-attention rows move only when whole texts shift.
+            source_length = max(g.source_length for g in self._groups) if groups_moved else 0
+            self.cache.gather(
+                torch.tensor(sources, device=self.device),
+                target_length=max(positions, default=0),
+                source_length=source_length,
+            )
         self._groups, self._tokens, self._positions = groups, tokens, positions
-
-    def _move_rows(self, sources: list[int], positions: list[int]) -> None:
-        if sources == list(range(len(sources))):
-            return
-        self.cache.gather(
-            torch.tensor(sources, device=self.device),
-            target_length=max(positions, default=0),
-            source_length=max((g.source_length for g in self._groups), default=0),
-        )
 
     def _drop_cancelled(self) -> None:
         if not self._cancelled:

@@ -115,16 +115,19 @@ class KVCache:
         """Rows ``0 .. len(sources)-1`` become copies of rows `sources` (beam reordering, compaction).
 
         Only the first `target_length`/`source_length` positions are moved: nothing beyond them is read.
+        A `source_length` of 0 leaves the cross-attention rows alone (beams of one text share them).
         """
         count = sources.shape[0]
-        for buffer, length in (
-            (self.self_k, target_length),
-            (self.self_v, target_length),
-            (self.cross_k, source_length),
-            (self.cross_v, source_length),
-        ):
-            buffer[:, :count, :, :length] = buffer[:, sources, :, :length]
-        self.source_length[:count] = self.source_length[sources]
+        buffers = [(self.self_k, target_length), (self.self_v, target_length)]
+        if source_length:
+            buffers += [(self.cross_k, source_length), (self.cross_v, source_length)]
+            self.source_length[:count] = self.source_length[sources]
+        # Only rows that change are copied (the right-hand side is gathered before anything is written).
+        destinations = torch.arange(count, device=sources.device)
+        changed = sources != destinations
+        sources, destinations = sources[changed], destinations[changed]
+        for buffer, length in buffers:
+            buffer[:, destinations, :, :length] = buffer[:, sources, :, :length]
 
     def masks(
         self, positions: torch.Tensor, target_length: int, source_length: int
