@@ -1,0 +1,167 @@
+"""What the offline and serving benchmarks share: paths, input sentences, the device line, tables."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / "benchmarks" / ".cache"
+RESULTS = REPO / "benchmarks" / "results"
+DEFAULT_MODEL = REPO / "model" / "default"
+DATA = REPO / "data" / "de-en"
+
+# Used when data/de-en is absent (a fresh clone without the training data): varied lengths, cycled.
+BUILTIN_GERMAN = (
+    "Guten Morgen!",
+    "Wie spät ist es?",
+    "Das Wetter ist heute schön.",
+    "Wo ist der Bahnhof?",
+    "Ich hätte gern eine Tasse Kaffee, bitte.",
+    "Vielen Dank für Ihre Hilfe.",
+    "Die Besprechung wurde auf Donnerstagnachmittag verschoben.",
+    "Bitte schicken Sie mir den Bericht bis Ende der Woche.",
+    "Sie wohnt seit mehr als zehn Jahren in dieser Stadt.",
+    "Können Sie mir sagen, wie ich von hier zum Museum komme?",
+    "Die neue Bibliothek wird im nächsten Frühjahr für die Öffentlichkeit geöffnet.",
+    "Auf dem Heimweg müssen wir Brot, Milch und Eier kaufen.",
+    "Er hat seinen Regenschirm vergessen und ist auf dem Weg zur Arbeit nass geworden.",
+    "Der Ausschuss hat den Haushalt nach einer langen Diskussion genehmigt.",
+    "Kinder lernen Sprachen viel schneller als die meisten Erwachsenen.",
+    "Unser Flug hatte wegen des Sturms zwei Stunden Verspätung.",
+    "Das Restaurant an der Ecke serviert die beste Suppe der Stadt.",
+    "Wissenschaftler haben im Regenwald eine neue Froschart entdeckt.",
+    "Wenn Sie Fragen haben, wenden Sie sich bitte an unser Support-Team.",
+    "Das Unternehmen kündigte an, in diesem Jahr zweihundert neue Mitarbeiter einzustellen.",
+    "Nach dem Konzert gingen wir am Fluss entlang und redeten bis Mitternacht.",
+    "Vor dem Schlafengehen zu lesen hilft vielen Menschen, sich zu entspannen.",
+    "Die Regierung plant, mehr Geld in den öffentlichen Verkehr und erneuerbare Energien zu investieren.",
+    "Obwohl es stark regnete, versammelten sich Tausende Menschen auf dem Platz, um zu feiern.",
+    "Die Übersetzung technischer Dokumente erfordert sprachliches Können und Fachwissen.",
+    "Da ist noch nicht alles verloren.",
+    "Die Forschung steht zu sehr im Vordergrund.",
+    "Wie lange dauert die Anreise nach Madrid mit der Bahn?",
+    "Ich kann mich an seinen Namen nicht erinnern.",
+    "Der Zug fährt in zehn Minuten ab.",
+    "Abdichten gegen Wasser",
+    "Wir sehen uns morgen.",
+)
+
+
+def load_sentences(count: int) -> tuple[list[str], str]:
+    """``count`` German source texts and where they came from.
+
+    data/de-en's test-sentences.de first, then the multi-word (3+ words) entries of test.de that are not
+    already in, in file order; the built-in sample (cycled) when those files are absent or too few.
+    """
+    texts: list[str] = []
+    seen: set[str] = set()
+    used: list[str] = []
+    for name, min_words in (("test-sentences.de", 1), ("test.de", 3)):
+        file = DATA / name
+        if not file.is_file():
+            continue
+        used.append(f"data/de-en/{name}")
+        for line in file.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and len(line.split()) >= min_words and line not in seen:
+                seen.add(line)
+                texts.append(line)
+    origin = " + ".join(used)
+    if len(texts) < count:
+        missing = count - len(texts)
+        texts += [BUILTIN_GERMAN[i % len(BUILTIN_GERMAN)] for i in range(missing)]
+        origin = f"{origin} + built-in sample (cycled)" if origin else "built-in sample (cycled)"
+    return texts[:count], origin
+
+
+def default_threads() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def set_torch_threads(threads: int) -> None:
+    """Intra-op threads for torch; inter-op to 1, as CTranslate2 runs with inter_threads=1."""
+    import torch
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # already set, or parallel work started: harmless
+        torch.set_num_interop_threads(1)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@dataclass
+class Device:
+    """The machine a run measured: ``kind`` is cpu or cuda; ``tag`` names the results files."""
+
+    kind: str
+    cpu: str
+    threads: int
+    gpu: str | None
+    torch: str
+    versions: dict[str, str]
+
+    @property
+    def tag(self) -> str:
+        if self.kind == "cuda" and self.gpu:
+            return "cuda-" + re.sub(r"[^a-z0-9]+", "-", self.gpu.lower()).strip("-")
+        return f"cpu-{self.threads}threads"
+
+    def line(self) -> str:
+        """One human line: what ran, on what."""
+        where = f"GPU {self.gpu} (float16)" if self.kind == "cuda" else "CPU (float32)"
+        extra = ", ".join(f"{k} {v}" for k, v in self.versions.items())
+        threads = f"{self.threads} thread" + ("s" if self.threads != 1 else "")
+        return f"{where}; CPU {self.cpu}, {threads}; torch {self.torch}; {extra}"
+
+
+def detect_device(threads: int, *, cpu_only: bool = False) -> Device:
+    """The device the engines will use: CUDA when available (and not ``cpu_only``), else the CPU."""
+    import torch
+
+    cuda = torch.cuda.is_available() and not cpu_only
+    versions: dict[str, str] = {}
+    for name in ("transformers", "ctranslate2"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = "missing"
+    return Device(
+        kind="cuda" if cuda else "cpu",
+        cpu=cpu_model(),
+        threads=threads,
+        gpu=torch.cuda.get_device_name(0) if cuda else None,
+        torch=torch.__version__,
+        versions=versions,
+    )
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; floats are formatted by the caller."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

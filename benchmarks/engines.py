@@ -1,0 +1,155 @@
+"""The three engines behind one interface: load a Marian directory, decode token-id sources.
+
+Every engine gets the same source ids (mtserve's tokenizer, ending in ``</s>``) and returns, per
+source, the best hypothesis's target ids without the start token and without ``</s>``. Lengths follow
+mtserve's convention (``max_length`` counts generated tokens, ``</s>`` included, and the last one is
+a forced ``</s>``): Transformers gets ``max_length + 1`` (it counts the start token), CTranslate2
+``max_decoding_length = max_length - 1`` (it counts tokens other than ``</s>`` and forces none), so that
+a text that never ends has the same ``max_length - 1`` tokens in all three. ``min_length`` counts
+tokens before ``</s>`` (Transformers: + 1 again).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+Ids = list[int]
+
+
+class Engine(Protocol):
+    name: str
+
+    def generate(
+        self, sources: Sequence[Ids], beam_size: int, max_length: int, min_length: int, batch_size: int
+    ) -> list[Ids]:
+        """The best hypothesis of every source, in input order."""
+        ...
+
+
+def _batches(order: Sequence[int], size: int) -> list[list[int]]:
+    return [list(order[i : i + size]) for i in range(0, len(order), size)]
+
+
+class MtserveEngine:
+    """mtserve's offline Translator: continuous batching over ``batch_size * beam`` KV-cache rows."""
+
+    name = "mtserve"
+
+    def __init__(self, model_dir: Path, device: str) -> None:
+        from mtserve.model import Translator
+
+        self.translator = Translator.load(model_dir, device=device, dtype="float16" if device == "cuda" else "float32")
+        self.model_dir = model_dir
+
+    def generate(
+        self, sources: Sequence[Ids], beam_size: int, max_length: int, min_length: int, batch_size: int
+    ) -> list[Ids]:
+        from mtserve.model.search import SearchOptions
+
+        options = SearchOptions(beam_size=beam_size, max_length=max_length, min_length=min_length, length_penalty=1.0)
+        self.translator.max_batch_rows = batch_size * beam_size  # 32 texts in flight, as the others
+        results = self.translator.generate(sources, options)
+        return [hypotheses[0].token_ids if hypotheses else [] for hypotheses in results]
+
+
+class TransformersEngine:
+    """``MarianMTModel.generate`` on batches of ``batch_size`` sources, sorted by length (as a careful
+    user would, to save padding), with Transformers' own defaults otherwise."""
+
+    name = "transformers"
+
+    def __init__(self, model_dir: Path, device: str) -> None:
+        import torch
+        from transformers import MarianMTModel
+
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        self.model = MarianMTModel.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        self.device = device
+        config = self.model.config
+        self.pad, self.eos = config.pad_token_id, config.eos_token_id
+
+    def generate(
+        self, sources: Sequence[Ids], beam_size: int, max_length: int, min_length: int, batch_size: int
+    ) -> list[Ids]:
+        import torch
+
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        results: list[Ids] = [[] for _ in sources]
+        for batch in _batches(order, batch_size):
+            longest = max(len(sources[i]) for i in batch)
+            ids = torch.full((len(batch), longest), self.pad, dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, : len(sources[i])] = torch.tensor(sources[i])
+            ids = ids.to(self.device)
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=ids, attention_mask=ids != self.pad, num_beams=beam_size, do_sample=False,
+                    max_length=max_length + 1, min_length=min_length + 1, length_penalty=1.0, early_stopping=False,
+                    bad_words_ids=[[self.pad]], num_return_sequences=1,
+                )
+            for row, i in zip(range(len(batch)), batch, strict=True):
+                results[i] = self._strip(out[row, 1:].tolist())
+        return results
+
+    def _strip(self, ids: Ids) -> Ids:
+        """Up to the first ``</s>`` (or pad: the padding of shorter outputs in the batch)."""
+        for k, token in enumerate(ids):
+            if token in (self.eos, self.pad):
+                return ids[:k]
+        return ids
+
+
+class CTranslate2Engine:
+    """``ctranslate2.Translator.translate_batch`` over all sources with ``max_batch_size`` (CTranslate2
+    sorts them by length itself); float32 on CPU, float16 on CUDA; ``intra_threads`` = the torch threads."""
+
+    name = "ctranslate2"
+
+    def __init__(self, ct2_dir: Path, device: str, threads: int) -> None:
+        import ctranslate2
+
+        self.translator = ctranslate2.Translator(
+            str(ct2_dir), device=device, compute_type="float16" if device == "cuda" else "float32",
+            intra_threads=threads, inter_threads=1,
+        )
+        self.source_tokens = _ct2_vocabulary(ct2_dir, "source")
+        self.target_ids = {token: i for i, token in enumerate(_ct2_vocabulary(ct2_dir, "target"))}
+
+    def generate(
+        self, sources: Sequence[Ids], beam_size: int, max_length: int, min_length: int, batch_size: int
+    ) -> list[Ids]:
+        tokens = [[self.source_tokens[i] for i in source] for source in sources]
+        results = self.translator.translate_batch(
+            tokens, beam_size=beam_size, max_decoding_length=max_length - 1, min_decoding_length=min_length,
+            max_batch_size=batch_size,
+            batch_type="examples", length_penalty=1.0, num_hypotheses=1,
+        )
+        return [[self.target_ids[t] for t in result.hypotheses[0]] for result in results]
+
+
+def _ct2_vocabulary(ct2_dir: Path, side: str) -> list[str]:
+    """The token of each id on one side: the converter keeps vocab.json's order (and drops ``<pad>``)."""
+    for name in ("shared_vocabulary", f"{side}_vocabulary"):
+        if (ct2_dir / f"{name}.json").is_file():
+            return json.loads((ct2_dir / f"{name}.json").read_text(encoding="utf-8"))
+        if (ct2_dir / f"{name}.txt").is_file():
+            return (ct2_dir / f"{name}.txt").read_text(encoding="utf-8").rstrip("\n").split("\n")
+    raise FileNotFoundError(f"{ct2_dir}: no CTranslate2 vocabulary file")
+
+
+ENGINES = ("mtserve", "transformers", "ctranslate2")
+
+
+def load_engine(name: str, model_dir: Path, ct2_dir: Path | None, device: str, threads: int) -> Engine:
+    if name == "mtserve":
+        return MtserveEngine(model_dir, device)
+    if name == "transformers":
+        return TransformersEngine(model_dir, device)
+    if name == "ctranslate2":
+        if ct2_dir is None:
+            raise ValueError("ctranslate2 needs the converted model")
+        return CTranslate2Engine(ct2_dir, device, threads)
+    raise ValueError(f"unknown engine {name!r} (known: {', '.join(ENGINES)})")

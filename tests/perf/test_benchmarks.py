@@ -1,0 +1,52 @@
+"""Smoke runs of the benchmark harness on a tiny random model (``pytest -m perf``).
+
+They check that the commands run end to end and write their results, and that mtserve and
+Transformers agree token for token; they never assert timings.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("ctranslate2")
+pytest.importorskip("matplotlib")
+pytest.importorskip("psutil")
+
+pytestmark = pytest.mark.perf
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+def test_offline_tiny(tmp_path: Path) -> None:
+    done = _run("benchmarks.offline", "--shape", "tiny", "--models", "base", "--sentences", "6", "--repeats", "1",
+                "--warmup", "2", "--threads", "1", "--max-length", "32", "--cpu", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((tmp_path / "cpu-1threads-offline.json").read_text())
+    engines = {(m["engine"], m["beam_size"]) for m in data["measurements"] if not m["error"]}
+    assert engines == {(e, b) for e in ("mtserve", "transformers", "ctranslate2") for b in (4, 1)}
+    for row in data["agreement"]:  # mtserve = transformers: the parity the model tests promise
+        assert row[2].startswith("6/6"), row
+    assert (tmp_path / "cpu-1threads-offline.png").stat().st_size > 0
+    assert "| random-tiny | beam 4 | mtserve |" in (tmp_path / "cpu-1threads-offline.md").read_text()
+
+
+def test_serving_quick_tiny(tmp_path: Path) -> None:
+    model = REPO / "benchmarks" / ".cache" / "random-tiny"
+    if not (model / "config.json").is_file():
+        pytest.skip("the tiny model is built by test_offline_tiny")
+    done = _run("benchmarks.serving", "--model", str(model), "--quick", "--requests", "32", "--warmup", "4",
+                "--threads", "1", "--device", "cpu", "--max-length", "32", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((tmp_path / "cpu-1threads-serving-quick.json").read_text())
+    assert [(p["config"], p["concurrency"], p["ok"]) for p in data["points"]] == [
+        ("batched", 32, 32), ("max-batch-size 1", 32, 32)]
+    assert "throughput batched / max-batch-size 1" in (tmp_path / "cpu-1threads-serving-quick.md").read_text()
