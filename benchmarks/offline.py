@@ -26,7 +26,17 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from .common import REPO, RESULTS, Device, default_threads, detect_device, load_sentences, markdown_table, write_json
+from .common import (
+    REPO,
+    RESULTS,
+    Device,
+    default_threads,
+    detect_device,
+    git_revision,
+    load_sentences,
+    markdown_table,
+    write_json,
+)
 from .engines import ENGINES
 from .models import SHAPES, ModelSpec, ct2_model, default_model, random_model, resolve_vocab
 
@@ -241,9 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     measurements: list[Measurement] = []
     for spec in specs:
         measurements += measure_model(spec, texts, args, device)
-    settings = {"sentences": len(texts), "batch": args.batch_size, "max length": args.max_length,
-                "min length": args.min_length,
-                "rounds": args.repeats, "warm-up sentences": args.warmup, "threads": threads}
+    settings = {"code": git_revision(), "sentences": len(texts), "batch": args.batch_size,
+                "max length": args.max_length, "min length": args.min_length, "rounds": args.repeats,
+                "warm-up sentences": args.warmup, "threads": threads}
     report = render(measurements, device, settings, notes)
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)

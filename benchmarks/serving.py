@@ -24,7 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import RESULTS, Device, default_threads, detect_device, load_sentences, markdown_table, write_json
+from .common import (
+    RESULTS,
+    Device,
+    default_threads,
+    detect_device,
+    git_revision,
+    load_sentences,
+    markdown_table,
+    write_json,
+)
 from .server_process import ServerProcess, mtserve_command
 
 log = logging.getLogger("benchmarks.serving")
@@ -190,8 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes = [f"model: {model_note}", f"inputs: {len(texts)} single-sentence requests from {origin}, cycled",
              "client: mtserve bench (closed loop) on the same machine; latency of OK requests",
              "tokens: generated tokens (server's count)"]
-    settings = {"beam": args.beam_size, "max length": args.max_length, "requests per point": args.requests,
-                "server threads": threads}
+    settings = {"code": git_revision(), "beam": args.beam_size, "max length": args.max_length,
+                "requests per point": args.requests, "server threads": threads}
     with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding="utf-8", delete=False) as f:
         f.write("\n".join(texts) + "\n")
         inputs = Path(f.name)
