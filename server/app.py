@@ -108,4 +108,8 @@ def serve(config: ServerConfig) -> int:
     """`mtserve serve`: run until SIGTERM/SIGINT; the exit code."""
     configure_logging(config.log_level)
     log.info("effective configuration:\n%s", render_config(config))
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
     return asyncio.run(serve_async(config))

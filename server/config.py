@@ -61,6 +61,9 @@ class ServerConfig:
     metrics_port: int | None = 9090  # 0: any free port; None: no /metrics endpoint
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    # torch intra-op threads (None: torch's default, one per core). On a CPU shared with other work,
+    # fewer threads than cores avoid oversubscription, which slows small decoder steps many times over.
+    threads: int | None = None
     # KV-cache rows per model: running texts' beams and samples together (the decoder batch).
     max_batch_size: int = 64
     # New source tokens admitted per step (the encoder pass of newcomers); one longer text still runs alone.
@@ -107,6 +110,9 @@ class ServerConfig:
             raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"threads must be an integer >= 1, got {self.threads!r}")
         for name in ("max_batch_size", "max_batch_tokens", "max_queue", "max_texts_per_request",
                      "max_text_chars", "max_beam_size", "max_num_hypotheses", "max_length_limit"):
             value = getattr(self, name)
@@ -218,6 +224,7 @@ _FLAGS = (
     _Flag("metrics_port", _metrics_port, "Prometheus /metrics HTTP port (0: any free port; off: none)", "PORT"),
     _Flag("device", str, "auto, cpu, cuda, cuda:N or mps"),
     _Flag("dtype", str, "auto, float32, float16 or bfloat16"),
+    _Flag("threads", int, "torch CPU threads (default: one per core)", "N"),
     _Flag("max_batch_size", int, "KV-cache rows per model: beams and samples of all running texts", "N"),
     _Flag("max_batch_tokens", int, "new source tokens admitted per decoding step", "N"),
     _Flag("max_queue", int, "texts waiting per model before calls fail with RESOURCE_EXHAUSTED", "N"),

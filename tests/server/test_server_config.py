@@ -130,3 +130,11 @@ def test_serve_cli_rejects_bad_values(capsys, monkeypatch):
     assert e.value.code == 2
     assert "device must be auto, cpu, mps, cuda or cuda:N, got 'tpu' (device from env MTSERVE_DEVICE)" in \
         capsys.readouterr().err
+
+
+def test_threads_from_flag_or_env_and_validated():
+    assert config([]).threads is None  # torch's default
+    assert config(["--threads", "2"]).threads == 2
+    assert config([], {"MTSERVE_THREADS": "3"}).threads == 3
+    with pytest.raises(ValueError, match="threads must be an integer >= 1, got 0"):
+        ServerConfig(threads=0)
