@@ -18,12 +18,11 @@ from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
-#: The model shipped inside the package (model/default/), served when no --model is given.
-BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "model" / "default"
 BUNDLED_MODEL_NAME = "default"
 
 
 def bundled_model_spec() -> ModelSpec:
+    """The model shipped inside the package (mtserve/model/default/), served when no --model is given."""
     import mtserve.model
 
     path = Path(mtserve.model.__file__).resolve().parent / "default"
