@@ -114,6 +114,7 @@ class DecodingOptions:
     sampling_topk: int | None = None
     sampling_topp: float | None = None
     seed: int | None = None
+    early_stopping: bool | None = None
 
 
 def build_request(

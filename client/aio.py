@@ -81,13 +81,14 @@ class AsyncTranslationClient:
         sampling_topk: int | None = None,
         sampling_topp: float | None = None,
         seed: int | None = None,
+        early_stopping: bool | None = None,
         source_language: str | None = None,
         target_language: str | None = None,
         timeout: float | None = _UNSET,
     ) -> list[TranslationResult]:
         """Translate ``texts``; one result per text, in order. None options take the server's defaults."""
         options = DecodingOptions(beam_size, max_length, length_penalty, num_hypotheses, return_scores,
-                                  sampling_temperature, sampling_topk, sampling_topp, seed)
+                                  sampling_temperature, sampling_topk, sampling_topp, seed, early_stopping)
         request = build_request(texts, model, options, source_language, target_language)
         response = await self._call(self._stub.Translate, request, timeout)
         return [result_from_pb(r, response.model) for r in response.results]
@@ -107,6 +108,7 @@ class AsyncTranslationClient:
         sampling_topk: int | None = None,
         sampling_topp: float | None = None,
         seed: int | None = None,
+        early_stopping: bool | None = None,
         source_language: str | None = None,
         target_language: str | None = None,
         timeout: float | None = _UNSET,
@@ -117,7 +119,7 @@ class AsyncTranslationClient:
         text. A failure before the first message is retried like ``translate``; after it, not.
         """
         options = DecodingOptions(beam_size, max_length, length_penalty, num_hypotheses, return_scores,
-                                  sampling_temperature, sampling_topk, sampling_topp, seed)
+                                  sampling_temperature, sampling_topk, sampling_topp, seed, early_stopping)
         request = build_request(texts, model, options, source_language, target_language, partial)
         deadline = deadline_after(self.timeout if timeout is _UNSET else timeout)
         delays = self.retry_policy.delays()

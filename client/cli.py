@@ -42,10 +42,13 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sampling-topk", type=int, metavar="K")
     g.add_argument("--sampling-topp", type=float, metavar="P")
     g.add_argument("--seed", type=int)
+    g.add_argument("--early-stopping", action="store_true", default=None,
+                   help="beam search stops once beam-size hypotheses have finished")
 
 
 _DECODING = ("model", "source_language", "target_language", "beam_size", "max_length", "length_penalty",
-             "num_hypotheses", "return_scores", "sampling_temperature", "sampling_topk", "sampling_topp", "seed")
+             "num_hypotheses", "return_scores", "sampling_temperature", "sampling_topk", "sampling_topp", "seed",
+             "early_stopping")
 
 
 def decoding_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -10,7 +10,8 @@ two give identical tokens: 2K candidates per step; a candidate ending in ``</s>`
 max_length) is kept as a finished hypothesis only if it ranks in the top K, scored by its summed
 log-probability divided by its length (``</s>`` included) to the power ``length_penalty``; the search
 ends when max_length is reached or when K hypotheses are finished and the best running beam, scored
-at its current length, cannot beat the worst of them.
+at its current length, cannot beat the worst of them. With ``early_stopping`` it ends as soon as K
+hypotheses are finished (Transformers' ``early_stopping=True``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class SearchOptions:
     sampling_topk: int = 0
     sampling_topp: float = 1.0
     seed: int | None = None
+    # Beam search ends as soon as beam_size hypotheses have finished (Transformers' early_stopping=True,
+    # CTranslate2's behaviour): fewer steps, sometimes a shorter best hypothesis.
+    early_stopping: bool = False
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -238,6 +242,8 @@ class BeamSearch:
         self.running_tokens = [self.running_tokens[b] + [t] for b, t in zip(sources, tokens, strict=True)]
         self.running_scores = new_scores
         if len(self.finished) == beams:
+            if self.options.early_stopping:
+                return True, [], []
             best_possible = new_scores[0] / length**self.options.length_penalty
             self.improvable = best_possible > self.finished[-1][0]
         return not self.improvable, sources, tokens

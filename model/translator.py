@@ -161,6 +161,8 @@ def generation_defaults(path: Path, max_positions: int) -> dict[str, Any]:
         defaults["max_length"] = min(values["max_length"] - 1, max_positions)
     if isinstance(values.get("min_length"), int) and values["min_length"] > 1:
         defaults["min_length"] = values["min_length"] - 1
+    if values.get("early_stopping") is True:  # Transformers also allows "never", which is our False
+        defaults["early_stopping"] = True
     if isinstance(values.get("length_penalty"), int | float):
         defaults["length_penalty"] = float(values["length_penalty"])
     return defaults

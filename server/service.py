@@ -213,6 +213,8 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             values["sampling_topp"] = given.sampling_topp
         if given.HasField("seed"):
             values["seed"] = given.seed
+        if given.HasField("early_stopping"):
+            values["early_stopping"] = given.early_stopping
         # As the .proto says (and SearchOptions.sampling decides): top-k 0 and top-p 1 mean "no limit",
         # so giving them explicitly does not turn sampling on.
         sampling = (

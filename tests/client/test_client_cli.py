@@ -42,6 +42,15 @@ def test_translate_arguments(server, capsys):
     assert server.servicer.requests[-1].options.beam_size == 3
 
 
+def test_translate_early_stopping_flag(server, capsys):
+    rc, _, _ = run(capsys, "translate", "--server", server.address, "--beam-size", "4", "--early-stopping", "hi")
+    assert rc == 0
+    options = server.servicer.requests[-1].options
+    assert options.HasField("early_stopping") and options.early_stopping
+    run(capsys, "translate", "--server", server.address, "hi")
+    assert not server.servicer.requests[-1].options.HasField("early_stopping")  # unset: the server's default
+
+
 def test_translate_stdin_lines(server, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("one\ntwo three\n\nfour\n"))
     rc, out, _ = run(capsys, "translate", "--server", server.address)

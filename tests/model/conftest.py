@@ -201,7 +201,7 @@ def hf_generate(hf: MarianMTModel, sources: Sequence[Sequence[int]], options: Se
         "length_penalty": options.length_penalty,
         "bad_words_ids": [[pad_id]],
         "do_sample": False,
-        "early_stopping": False,
+        "early_stopping": options.early_stopping,
         "return_dict_in_generate": True,
         "output_scores": True,
     }

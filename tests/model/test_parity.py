@@ -232,6 +232,20 @@ def test_length_penalty_matches_generate(varied: Case, length_penalty: float) ->
     )
 
 
+def test_early_stopping_matches_generate(varied: Case) -> None:
+    """early_stopping: the search ends once K hypotheses are finished, as generate(early_stopping=True)."""
+    options = SearchOptions(beam_size=BEAMS, num_hypotheses=BEAMS, max_length=MAX_LENGTH, early_stopping=True)
+    ours = varied.ours(options)
+    reference, scores = varied.reference(options)
+    assert scores is not None
+    assert not _mismatches([h[0].token_ids for h in ours], [r[0] for r in reference])
+    torch.testing.assert_close(
+        torch.tensor([h[0].score for h in ours]), torch.tensor([s[0] for s in scores]), atol=1e-4, rtol=0
+    )
+    full = varied.ours(SearchOptions(beam_size=BEAMS, num_hypotheses=BEAMS, max_length=MAX_LENGTH))
+    assert [h[0].token_ids for h in ours] != [h[0].token_ids for h in full], "it must change something"
+
+
 @pytest.mark.parametrize("beam_size", [1, BEAMS])
 def test_min_length_matches_generate(varied: Case, beam_size: int) -> None:
     options = SearchOptions(beam_size=beam_size, max_length=MAX_LENGTH, min_length=5)

@@ -70,6 +70,20 @@ def test_translate_nbest_and_named_model(stub: Any, offline: Callable[[str], Tra
         assert result.text == result.hypotheses[0].text == want.text
 
 
+def test_early_stopping_reaches_the_beam_search(
+    stub: Any, offline: Callable[[str], Translator], helpers: Any
+) -> None:
+    texts = [t for t in helpers.sample_texts(8) if t]
+    translator = offline("tiny")
+    early = translator.translate(texts, max_length=MAX_LENGTH, beam_size=4, early_stopping=True)
+    full = translator.translate(texts, max_length=MAX_LENGTH, beam_size=4)
+    assert [t.text for t in early] != [t.text for t in full], "the fixture must make early stopping matter"
+    for flag, expected in ((True, early), (False, full)):
+        options = pb2.DecodingOptions(max_length=MAX_LENGTH, beam_size=4, early_stopping=flag)
+        response = stub.Translate(pb2.TranslateRequest(texts=texts, options=options), timeout=60)
+        assert [r.text for r in response.results] == [t.text for t in expected]
+
+
 def test_stream_tags_every_text_once(stub: Any, offline: Callable[[str], Translator], helpers: Any) -> None:
     texts = _texts(helpers)
     expected = offline("tiny").translate(texts, max_length=MAX_LENGTH)
