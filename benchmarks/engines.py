@@ -23,7 +23,8 @@ class Engine(Protocol):
     name: str
 
     def generate(
-        self, sources: Sequence[Ids], beam_size: int, max_length: int, min_length: int, batch_size: int
+        self, sources: Sequence[Ids], beam_size: int, max_length: int, min_length: int, batch_size: int,
+        early_stopping: bool = False,
     ) -> list[Ids]:
         """The best hypothesis of every source, in input order."""
         ...
@@ -45,11 +46,15 @@ class MtserveEngine:
         self.model_dir = model_dir
 
     def generate(
-        self, sources: Sequence[Ids], beam_size: int, max_length: int, min_length: int, batch_size: int
+        self, sources: Sequence[Ids], beam_size: int, max_length: int, min_length: int, batch_size: int,
+        early_stopping: bool = False,
     ) -> list[Ids]:
         from mtserve.model.search import SearchOptions
 
-        options = SearchOptions(beam_size=beam_size, max_length=max_length, min_length=min_length, length_penalty=1.0)
+        options = SearchOptions(
+            beam_size=beam_size, max_length=max_length, min_length=min_length, length_penalty=1.0,
+            early_stopping=early_stopping,
+        )
         self.translator.max_batch_rows = batch_size * beam_size  # 32 texts in flight, as the others
         results = self.translator.generate(sources, options)
         return [hypotheses[0].token_ids if hypotheses else [] for hypotheses in results]
@@ -72,7 +77,8 @@ class TransformersEngine:
         self.pad, self.eos = config.pad_token_id, config.eos_token_id
 
     def generate(
-        self, sources: Sequence[Ids], beam_size: int, max_length: int, min_length: int, batch_size: int
+        self, sources: Sequence[Ids], beam_size: int, max_length: int, min_length: int, batch_size: int,
+        early_stopping: bool = False,
     ) -> list[Ids]:
         import torch
 
@@ -87,8 +93,8 @@ class TransformersEngine:
             with torch.inference_mode():
                 out = self.model.generate(
                     input_ids=ids, attention_mask=ids != self.pad, num_beams=beam_size, do_sample=False,
-                    max_length=max_length + 1, min_length=min_length + 1, length_penalty=1.0, early_stopping=False,
-                    bad_words_ids=[[self.pad]], num_return_sequences=1,
+                    max_length=max_length + 1, min_length=min_length + 1, length_penalty=1.0,
+                    early_stopping=early_stopping, bad_words_ids=[[self.pad]], num_return_sequences=1,
                 )
             for row, i in zip(range(len(batch)), batch, strict=True):
                 results[i] = self._strip(out[row, 1:].tolist())
@@ -119,7 +125,8 @@ class CTranslate2Engine:
         self.target_ids = {token: i for i, token in enumerate(_ct2_vocabulary(ct2_dir, "target"))}
 
     def generate(
-        self, sources: Sequence[Ids], beam_size: int, max_length: int, min_length: int, batch_size: int
+        self, sources: Sequence[Ids], beam_size: int, max_length: int, min_length: int, batch_size: int,
+        early_stopping: bool = False,
     ) -> list[Ids]:
         tokens = [[self.source_tokens[i] for i in source] for source in sources]
         results = self.translator.translate_batch(

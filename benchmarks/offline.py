@@ -107,6 +107,7 @@ def measure_model(
                 job = {"engine": engine, "model_dir": str(spec.path), "ct2_dir": ct2_dir, "device": device.kind,
                        "threads": device.threads, "beam_size": beam_size, "max_length": args.max_length,
                        "min_length": args.min_length, "batch_size": args.batch_size, "repeats": 1,
+                       "early_stopping": args.early_stopping,
                        "warmup": args.warmup, "sources": sources}
                 started = time.perf_counter()
                 try:
@@ -214,6 +215,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the random base-size model, the bundled model (%(default)s)")
     p.add_argument("--shape", default="base", choices=sorted(SHAPES),
                    help="size of the random model (tiny: a smoke run)")
+    p.add_argument("--early-stopping", action="store_true",
+                   help="beam search stops once beam-size hypotheses finished (CTranslate2 always does)")
     p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even where CUDA is available")
     p.add_argument("--timeout", type=float, default=3600, help="seconds one engine process may take")
@@ -252,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for spec in specs:
         measurements += measure_model(spec, texts, args, device)
     settings = {"code": git_revision(), "sentences": len(texts), "batch": args.batch_size,
-                "max length": args.max_length, "min length": args.min_length, "rounds": args.repeats,
+                "max length": args.max_length, "min length": args.min_length,
+                "early stopping": args.early_stopping, "rounds": args.repeats,
                 "warm-up sentences": args.warmup, "threads": threads}
     report = render(measurements, device, settings, notes)
     print(report)

@@ -77,7 +77,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
                          device, threads)
     load_s = time.perf_counter() - started
     sources: list[list[int]] = job["sources"]
-    args = (job["beam_size"], job["max_length"], job["min_length"], job["batch_size"])
+    args = (job["beam_size"], job["max_length"], job["min_length"], job["batch_size"], job.get("early_stopping", False))
     engine.generate(sources[: job["warmup"]], *args)
     seconds: list[float] = []
     outputs: list[list[int]] = []
