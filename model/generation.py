@@ -56,7 +56,7 @@ class BatchDecoder:
         config = model.config
         self.model = model
         self.num_rows = num_rows
-        self.device = model.lm_head.weight.device
+        self.device = model.device
         self.pad_id, self.eos_id = config.pad_token_id, config.eos_token_id
         self.start_id = config.decoder_start_token_id
         self.forced_eos = config.forced_eos_token_id is not None

@@ -143,17 +143,25 @@ class MarianTransformer(nn.Module):
             x = layer.step(x, cache, index, positions, self_mask, cross_mask, target_length)
         return self._logits(x[:, 0])
 
+    @property
+    def device(self) -> torch.device:
+        # The embedding table: a parameter in every configuration (linear layers may be packed for inference).
+        return self.decoder.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.embed_tokens.weight.dtype
+
     def new_cache(self, num_rows: int, *, max_target_length: int | None = None, initial_length: int = 64) -> KVCache:
         config = self.config
-        weight = self.lm_head.weight
         return KVCache(
             config.decoder_layers,
             num_rows,
             config.decoder_attention_heads,
             config.d_model // config.decoder_attention_heads,
             max_target_length=max_target_length or config.max_position_embeddings,
-            dtype=weight.dtype,
-            device=weight.device,
+            dtype=self.dtype,
+            device=self.device,
             initial_length=initial_length,
         )
 

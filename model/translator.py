@@ -20,6 +20,7 @@ import torch
 
 from .checkpoint import load_model
 from .config import MarianConfig
+from .cpu_linear import pack_linears
 from .generation import BatchDecoder
 from .search import Hypothesis, SearchOptions
 from .tokenizer import MarianTokenizer
@@ -65,6 +66,8 @@ class Translator:
         self.path = path
         #: SearchOptions defaults from the model's generation_config.json; explicit options override them.
         self.defaults = {"max_length": self.default_max_length(), **(defaults or {})}
+        #: Counted before any inference packing replaces the linear layers' parameters.
+        self.num_parameters = model.num_parameters()
 
     @classmethod
     def load(
@@ -72,23 +75,30 @@ class Translator:
         path: str | Path,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "auto",
+        *,
+        pack: bool = True,
         **kwargs: Any,
     ) -> Translator:
+        """Load a Marian directory. `pack`: on a float32 CPU model, pre-pack the linear layers for
+        oneDNN (see cpu_linear.py; same results up to float rounding, about twice as fast)."""
         started = time.perf_counter()
         path = Path(path)
         tokenizer = MarianTokenizer.from_dir(path)
         _, model = load_model(path, device=device, dtype=dtype)
         defaults = generation_defaults(path, model.config.max_position_embeddings)
-        elapsed = time.perf_counter() - started
-        return cls(model, tokenizer, load_seconds=elapsed, path=path, defaults=defaults, **kwargs)
+        translator = cls(model, tokenizer, path=path, defaults=defaults, **kwargs)
+        if pack:
+            pack_linears(model)
+        translator.load_seconds = time.perf_counter() - started
+        return translator
 
     @property
     def device(self) -> torch.device:
-        return self.model.lm_head.weight.device
+        return self.model.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.lm_head.weight.dtype
+        return self.model.dtype
 
     def generate(self, sources: Sequence[Sequence[int]], options: SearchOptions) -> list[list[Hypothesis]]:
         """Decode token-id sources (each ending in </s>); returns each source's hypotheses, best first."""

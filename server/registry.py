@@ -99,7 +99,7 @@ class ModelRegistry:
         log.info(
             "loaded model %s from %s in %.2fs (%s, %s, %.1fM parameters)",
             spec.name, spec.path, translator.load_seconds, labels["device"], labels["dtype"],
-            translator.model.num_parameters() / 1e6,
+            translator.num_parameters / 1e6,
         )  # fmt: skip
         return model
 

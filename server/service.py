@@ -335,7 +335,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
                 decoder_ffn_dim=config.decoder_ffn_dim,
                 source_vocab_size=tokenizer.source_vocab_size,
                 target_vocab_size=tokenizer.target_vocab_size,
-                parameter_count=model.translator.model.num_parameters(),
+                parameter_count=model.translator.num_parameters,
             ),
             max_source_length=model.max_source_length,
             max_target_length=min(model.max_target_length, self.config.max_length_limit),

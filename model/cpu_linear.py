@@ -1,0 +1,74 @@
+"""Pre-packed oneDNN linear layers for float32 inference on the CPU.
+
+torch's default CPU matmul reaches about a third of what oneDNN does once a weight is reordered into
+oneDNN's blocked layout (measured on this project's AVX-512 EPYC at the decoder's shapes, 32-128 rows
+by 512 -> 2048: 2.3x faster). The reorder happens once at load time; the layer computes the same
+function up to float rounding (~1e-6 relative). Inference only: packed weights take no gradients and
+are not part of the state dict, so training and checkpoints use the plain model.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# oneDNN picks its blocking for this many rows; any other row count works, this one is the decoder's
+# usual batch size.
+_ROWS_HINT = 64
+
+
+class PackedLinear(nn.Module):
+    """``nn.Linear`` with its weight reordered once for oneDNN."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), _ROWS_HINT)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed for oneDNN"
+
+
+def can_pack(model: nn.Module) -> bool:
+    """float32 on the CPU, with oneDNN built in and its (private) linear ops present."""
+    weight = next(model.parameters(), None)
+    return (
+        weight is not None
+        and weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+def pack_linears(model: nn.Module) -> int:
+    """Replace every ``nn.Linear`` of `model` in place by a PackedLinear; returns how many were packed.
+
+    Leaves the model as it is (and returns 0) where packing is unavailable or fails: it is an
+    optimisation, never a requirement.
+    """
+    if not can_pack(model):
+        return 0
+    targets = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.Linear)
+    ]
+    try:
+        packed = {id(child): PackedLinear(child) for _, _, child in targets}
+    except RuntimeError as exc:  # an unusual build: keep torch's own path
+        log.warning("oneDNN weight packing unavailable (%s); using torch's default linear layers", exc)
+        return 0
+    for parent, name, child in targets:
+        setattr(parent, name, packed[id(child)])
+    return len(targets)

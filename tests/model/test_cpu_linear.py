@@ -1,0 +1,56 @@
+"""Pre-packed oneDNN linear layers: the same function as nn.Linear, and the same translations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from mtserve.model.checkpoint import load_model
+from mtserve.model.cpu_linear import PackedLinear, can_pack, pack_linears
+from mtserve.model.search import SearchOptions
+from mtserve.model.translator import Translator
+
+pytestmark = [
+    pytest.mark.usefixtures("single_torch_thread"),
+    pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN"),
+]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_linear_computes_nn_linear(bias: bool) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 160, bias=bias)
+    packed = PackedLinear(linear)
+    for x in (torch.randn(5, 96), torch.randn(3, 7, 96), torch.randn(7, 3, 96).transpose(0, 1), torch.randn(1, 96)):
+        torch.testing.assert_close(packed(x), linear(x), atol=1e-5, rtol=1e-5)
+
+
+def test_pack_linears_replaces_every_linear_and_only_on_float32_cpu(make_marian: Any, tmp_path: Path) -> None:
+    model_dir, _ = make_marian(tmp_path, init_std=0.5)
+    _, model = load_model(model_dir, device="cpu", dtype="float32")
+    linears = sum(isinstance(m, nn.Linear) for m in model.modules())
+    assert pack_linears(model) == linears > 0
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+
+    _, half = load_model(model_dir, device="cpu", dtype="bfloat16")
+    assert not can_pack(half) and pack_linears(half) == 0
+
+
+def test_packed_translator_gives_the_same_tokens(make_marian: Any, helpers: Any, tmp_path: Path) -> None:
+    model_dir, _ = make_marian(tmp_path, tokenizer=True, init_std=0.5, eos_boost=1.0, seed=5)
+    plain = Translator.load(model_dir, device="cpu", pack=False)
+    packed = Translator.load(model_dir, device="cpu")
+    assert any(isinstance(m, PackedLinear) for m in packed.model.modules())
+    assert packed.num_parameters == plain.num_parameters == plain.model.num_parameters()
+    config = plain.config
+    sources = helpers.random_sources(
+        16, vocab_size=config.vocab_size, pad_id=config.pad_token_id, eos_id=config.eos_token_id, seed=2
+    )
+    for options in (SearchOptions(max_length=20), SearchOptions(beam_size=4, max_length=20)):
+        ours = [h[0].token_ids for h in packed.generate(sources, options)]
+        reference = [h[0].token_ids for h in plain.generate(sources, options)]
+        assert ours == reference
