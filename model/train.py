@@ -257,6 +257,18 @@ def load_weights(model: MarianTransformer, path: Path) -> None:
     model.load_state_dict(source.state_dict())
 
 
+def zero_pad_embedding(model: MarianTransformer, pad_id: int) -> None:
+    """Keep the <pad> row of every embedding table at zero.
+
+    The decoder starts from <pad>, and Marian and CTranslate2 start it from a zero embedding (CTranslate2
+    drops the <pad> row altogether); OPUS-MT checkpoints have that row at zero. The lookup never moves it
+    (padding_idx), but the tied output projection does: softmax gradients reach every row.
+    """
+    with torch.no_grad():
+        for embedding in {id(e): e for e in (model.encoder.embed_tokens, model.decoder.embed_tokens)}.values():
+            embedding.weight[pad_id].zero_()
+
+
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW with the betas/eps of transformer NMT; no decay on biases and norms."""
     params = {id(p): p for p in model.parameters() if p.requires_grad}.values()  # tied weights once
@@ -426,6 +438,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     init_weights(model, cfg.d_model, vocab.pad_id)
     if cfg.init_from is not None:
         load_weights(model, cfg.init_from)
+        zero_pad_embedding(model, vocab.pad_id)
     model.to(device).train()
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(cfg.warmup))
@@ -480,6 +493,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
         optimizer.step()
+        zero_pad_embedding(model, vocab.pad_id)
         scheduler.step()
         step += 1
 

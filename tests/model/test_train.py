@@ -288,3 +288,12 @@ def test_save_dtype_float16_halves_the_weights_file(corpus, trained, tmp_path: P
     assert {t.dtype for t in weights.values()} == {torch.float16}
     full_size = (cfg.out / "model.safetensors").stat().st_size
     assert (half.out / "model.safetensors").stat().st_size < 0.6 * full_size
+
+
+def test_the_pad_embedding_stays_zero_as_marian_and_ctranslate2_assume(trained):
+    """The decoder starts from <pad>; CTranslate2 starts it from a zero vector and drops that row."""
+    cfg, _ = trained
+    config, model = load_model(cfg.out, device="cpu")
+    for table in (model.encoder.embed_tokens.weight, model.decoder.embed_tokens.weight, model.lm_head.weight):
+        assert torch.count_nonzero(table[config.pad_token_id]) == 0
+        assert torch.count_nonzero(table) > 0
