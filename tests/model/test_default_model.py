@@ -56,3 +56,11 @@ def test_a_few_words_it_must_know(translator: Translator):
     results = translator.translate(list(words), beam_size=4, max_length=16)
     hits = sum(expected in r.text.lower() for expected, r in zip(words.values(), results, strict=True))
     assert hits >= 3, [r.text for r in results]
+
+
+def test_the_decoder_start_embedding_is_zero_as_ctranslate2_assumes():
+    """CTranslate2 and Marian start decoding from a zero vector where Transformers looks up <pad>."""
+    from mtserve.model.checkpoint import load_model
+
+    config, model = load_model(DEFAULT_DIR, device="cpu", dtype="float32")
+    assert not model.decoder.embed_tokens.weight[config.decoder_start_token_id].any()
