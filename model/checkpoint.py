@@ -146,6 +146,9 @@ def load_model(
 
     # Built on the meta device, so no time goes into a random initialisation that is overwritten at once.
     model.to_empty(device=target_device).to(target_dtype)
+    if structure.tie_word_embeddings:
+        # to_empty gives every module its own new parameter: re-tie so the table is held (and loaded) once.
+        model.lm_head.weight = model.decoder.embed_tokens.weight
     model.load_state_dict(state, strict=True)
     # to_empty left the non-persistent position table uninitialised.
     model.positions = sinusoidal_positions(config.max_position_embeddings, config.d_model).to(

@@ -231,3 +231,20 @@ def test_save_model_float16_halves_the_file(saved: tuple[Path, Any], tmp_path: P
     assert {t.dtype for t in load_file(tmp_path / "half" / WEIGHTS).values()} == {torch.float16}
     _, reloaded = load_model(tmp_path / "half", device="cpu")
     assert reloaded.lm_head.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("overrides", [{}, {"tie_word_embeddings": False}, {"share_encoder_decoder_embeddings": False,
+                                                                           "decoder_vocab_size": 90}])
+def test_loaded_model_keeps_the_ties_and_parameter_count_of_transformers(
+    make_marian: Any, tmp_path: Path, overrides: dict[str, Any]
+) -> None:
+    _, hf = make_marian(tmp_path, **overrides)
+    config, model = load_model(tmp_path, device="cpu")
+    tied = model.lm_head.weight is model.decoder.embed_tokens.weight
+    assert tied == config.tie_word_embeddings
+    # Transformers counts its frozen sinusoidal position tables as parameters (ours are a buffer), and
+    # with a shared vocabulary but untied embeddings it keeps an unused `shared` table.
+    unused = sum(p.numel() for name, p in hf.named_parameters() if "embed_positions" in name)
+    if hf.model.encoder.embed_tokens is not hf.model.shared:
+        unused += hf.model.shared.weight.numel()
+    assert model.num_parameters() == hf.num_parameters() - unused
