@@ -245,6 +245,7 @@ def test_loaded_model_keeps_the_ties_and_parameter_count_of_transformers(
     # Transformers counts its frozen sinusoidal position tables as parameters (ours are a buffer), and
     # with a shared vocabulary but untied embeddings it keeps an unused `shared` table.
     unused = sum(p.numel() for name, p in hf.named_parameters() if "embed_positions" in name)
-    if hf.model.encoder.embed_tokens is not hf.model.shared:
-        unused += hf.model.shared.weight.numel()
+    shared = getattr(hf.model, "shared", None)
+    if shared is not None and hf.model.encoder.embed_tokens.weight is not shared.weight:
+        unused += shared.weight.numel()
     assert model.num_parameters() == hf.num_parameters() - unused
