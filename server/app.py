@@ -40,9 +40,8 @@ class MtserveServer:
         self.grpc = grpc.aio.server(
             interceptors=[MetricsInterceptor(self.metrics)], options=config.grpc_server_options()
         )
-        pb2_grpc.add_TranslationServiceServicer_to_server(
-            TranslationService(self.registry, config, self.metrics), self.grpc
-        )
+        self.service = TranslationService(self.registry, config, self.metrics)
+        pb2_grpc.add_TranslationServiceServicer_to_server(self.service, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
@@ -75,12 +74,20 @@ class MtserveServer:
         log.info("serving models: %s (default %s)", ", ".join(self.registry.models), self.registry.default_name)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: NOT_SERVING, refuse new calls, let calls in flight finish within `grace` seconds."""
+        """Drain: NOT_SERVING, refuse new calls, let calls in flight finish within `grace` seconds.
+
+        The port stays open while calls in flight finish, so that new calls get a clear UNAVAILABLE
+        (which clients retry elsewhere) instead of racing the transport's shutdown, which cancels them.
+        """
         grace = self.config.grace_seconds if grace is None else grace
         log.info("draining: waiting up to %.1fs for calls in flight", grace)
         self.registry.draining = True
         await self.health.enter_graceful_shutdown()
-        await self.grpc.stop(grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.service.active_calls and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        await self.grpc.stop(max(0.0, deadline - loop.time()))
         self.registry.stop()
         if self.metrics_server is not None:
             self.metrics_server.close()

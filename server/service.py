@@ -24,7 +24,7 @@ from mtserve.proto.api import pb2, pb2_grpc
 
 from .config import ServerConfig
 from .engine import GroupWork, TextEvent
-from .errors import DeadlineExceededError, RequestCancelledError, ValidationError, status_for
+from .errors import DeadlineExceededError, DrainingError, RequestCancelledError, ValidationError, status_for
 from .metrics import Metrics
 from .registry import ModelRegistry, ServedModel
 from .scheduler import AbortReason, SequenceGroup
@@ -75,11 +75,14 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         self.registry = registry
         self.config = config
         self.metrics = metrics
+        #: Translation calls in progress; draining waits for this to reach 0 before closing the port.
+        self.active_calls = 0
 
     # -- RPCs -------------------------------------------------------------------------------------
 
     async def Translate(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         started, model_name = time.monotonic(), self._model_label(request.model)
+        self.active_calls += 1
         try:
             call = self._prepare(request, context, stream=False)
             model_name = call.model.name
@@ -90,11 +93,14 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             response = pb2.TranslateResponse(results=results, model=call.model.name)
         except BaseException as exc:
             await self._fail(context, exc, model_name, started)
+        finally:
+            self.active_calls -= 1
         self._observe(model_name, grpc.StatusCode.OK, started)
         return response
 
     async def TranslateStream(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started, model_name = time.monotonic(), self._model_label(request.model)
+        self.active_calls += 1
         try:
             call = self._prepare(request, context, stream=True)
             model_name = call.model.name
@@ -111,9 +117,14 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
                     )
         except BaseException as exc:
             await self._fail(context, exc, model_name, started)
+        finally:
+            self.active_calls -= 1
         self._observe(model_name, grpc.StatusCode.OK, started)
 
     async def ListModels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if self.registry.draining:  # like every call while draining: go elsewhere (UNAVAILABLE)
+            status = status_for(DrainingError())
+            await context.abort(status.code, status.details)
         return pb2.ListModelsResponse(models=[self._model_info(m) for m in self.registry.ordered()])
 
     # -- preparing a call -------------------------------------------------------------------------
