@@ -17,7 +17,9 @@ hypotheses are finished (Transformers' ``early_stopping=True``).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -71,12 +73,21 @@ class SearchOptions:
 
     @property
     def sampling(self) -> bool:
-        return self.sampling_temperature is not None or self.sampling_topk > 0 or self.sampling_topp < 1
+        return asks_for_sampling(vars(self))
 
     @property
     def rows(self) -> int:
         """KV-cache rows the text occupies while it decodes."""
         return self.num_hypotheses if self.sampling else self.beam_size
+
+
+def asks_for_sampling(options: Mapping[str, Any]) -> bool:
+    """Whether these SearchOptions fields turn sampling on (top-k 0 and top-p 1 mean "no limit")."""
+    return (
+        options.get("sampling_temperature") is not None
+        or options.get("sampling_topk", 0) > 0
+        or options.get("sampling_topp", 1.0) < 1
+    )
 
 
 @dataclass

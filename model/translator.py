@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from .checkpoint import load_model
 from .config import MarianConfig
 from .cpu_linear import pack_linears
 from .generation import BatchDecoder
-from .search import Hypothesis, SearchOptions
+from .search import Hypothesis, SearchOptions, asks_for_sampling
 from .tokenizer import MarianTokenizer
 from .transformer import MarianTransformer
 
@@ -123,7 +123,7 @@ class Translator:
         """Translate each text. Options are those of :class:`SearchOptions`; the n-best list is
         filled when num_hypotheses > 1. An empty or whitespace-only text gives an empty translation
         without running the model."""
-        search = SearchOptions(**self._with_defaults(options))
+        search = SearchOptions(**merge_defaults(self.defaults, options))
         indices = [i for i, text in enumerate(texts) if text.strip()]
         sources = [self.tokenizer.encode(texts[i]) for i in indices]
         outputs = self.generate(sources, search)
@@ -139,20 +139,20 @@ class Translator:
             )
         return results
 
-    def _with_defaults(self, options: dict[str, Any]) -> dict[str, Any]:
-        """The model's defaults overridden by `options`; a default yields where it conflicts with them
-        (sampling asked without a beam size gets one beam; a default min_length stays below max_length)."""
-        values = {**self.defaults, **options}
-        sampling_asked = SearchOptions(**{k: v for k, v in options.items() if k.startswith("sampling_")}).sampling
-        if sampling_asked and "beam_size" not in options:
-            values["beam_size"] = 1
-        if "min_length" not in options and "min_length" in values:
-            values["min_length"] = min(values["min_length"], values["max_length"] - 1)
-        return values
-
     def default_max_length(self) -> int:
         """Marian's own generation default is 512; cap it at what the position table allows."""
         return min(512, self.config.max_position_embeddings)
+
+
+def merge_defaults(defaults: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """SearchOptions fields: `defaults` overridden by `options`; a default yields where it conflicts with
+    them (sampling asked without a beam size gets one beam; a default min_length stays below max_length)."""
+    values = {**defaults, **options}
+    if asks_for_sampling(options) and "beam_size" not in options:
+        values["beam_size"] = 1
+    if "min_length" not in options and "min_length" in values:
+        values["min_length"] = min(values["min_length"], values["max_length"] - 1)
+    return values
 
 
 def generation_defaults(path: Path, max_positions: int) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from typing import Any
 
 import grpc
 
-from mtserve.model.search import Hypothesis, SearchOptions
+from mtserve.model.search import Hypothesis, SearchOptions, asks_for_sampling
+from mtserve.model.translator import merge_defaults
 from mtserve.proto.api import pb2, pb2_grpc
 
 from .config import ServerConfig
@@ -187,10 +188,11 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
     def _search_options(self, given: Any, model: ServedModel) -> SearchOptions:
         """Request options over the model's defaults, checked against the server's limits."""
         config = self.config
-        values = dict(model.translator.defaults)
-        values["beam_size"] = min(values.get("beam_size", 1), config.beam_size_limit)
+        defaults = dict(model.translator.defaults)
+        defaults["beam_size"] = min(defaults.get("beam_size", 1), config.beam_size_limit)
         max_length_limit = min(config.max_length_limit, model.max_target_length)
-        values["max_length"] = min(values.get("max_length", max_length_limit), max_length_limit)
+        defaults["max_length"] = min(defaults.get("max_length", max_length_limit), max_length_limit)
+        values: dict[str, Any] = {}  # the options the request gives, each checked
 
         def check_range(name: str, value: float, low: float, high: float) -> None:
             if not low <= value <= high:
@@ -226,23 +228,16 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             values["seed"] = given.seed
         if given.HasField("early_stopping"):
             values["early_stopping"] = given.early_stopping
-        # As the .proto says (and SearchOptions.sampling decides): top-k 0 and top-p 1 mean "no limit",
-        # so giving them explicitly does not turn sampling on.
-        sampling = (
-            "sampling_temperature" in values
-            or values.get("sampling_topk", 0) > 0
-            or values.get("sampling_topp", 1.0) < 1
-        )
-        if sampling:
-            if given.HasField("beam_size") and given.beam_size > 1:
-                raise ValidationError("options.beam_size", f"sampling works with beam_size 1, got {given.beam_size}")
-            values["beam_size"] = 1
-        elif values.get("num_hypotheses", 1) > values["beam_size"]:
+        # Top-k 0 and top-p 1 mean "no limit" (as the .proto says), so giving them does not turn sampling on.
+        sampling = asks_for_sampling(values)
+        if sampling and values.get("beam_size", 1) > 1:
+            raise ValidationError("options.beam_size", f"sampling works with beam_size 1, got {values['beam_size']}")
+        values = merge_defaults(defaults, values)
+        if not sampling and values.get("num_hypotheses", 1) > values["beam_size"]:
             raise ValidationError(
                 "options.num_hypotheses",
                 f"{values['num_hypotheses']} exceeds beam_size {values['beam_size']} (without sampling)",
             )
-        values["min_length"] = min(values.get("min_length", 0), values["max_length"] - 1)
         try:
             return SearchOptions(**values)
         except ValueError as exc:  # a combination the checks above did not name
