@@ -214,8 +214,9 @@ class BatchDecoder:
                 result[id(group)] = (group_scores, group_flat)
         return result
 
-    def _relayout(self, plans: list[tuple[list[int], list[int]] | None]) -> None:
-        """Move surviving rows into their new places with one gather, and set the next step's inputs."""
+    def _relayout(self, plans: list[tuple[list[int], list[int]] | None], advance: int = 1) -> None:
+        """Move surviving rows into their new places with one gather, and set the next step's inputs
+        (positions move on by `advance`: 1 after a decoder step, 0 when rows only leave)."""
         sources: list[int] = []
         tokens: list[int] = []
         positions: list[int] = []
@@ -225,7 +226,7 @@ class BatchDecoder:
             if plan is None:
                 continue
             rows, next_tokens = plan
-            next_position = self._positions[group.start] + 1
+            next_position = self._positions[group.start] + advance
             groups_moved |= group.start != len(sources)
             group.start = len(sources)
             sources += rows
@@ -256,9 +257,7 @@ class BatchDecoder:
                 )
                 for g in self._groups
             ]
-            # _relayout advances positions by one; cancelling must not, so step them back first.
-            self._positions = [p - 1 for p in self._positions]
-            self._relayout(plans)
+            self._relayout(plans, advance=0)
         self._cancelled.clear()
 
     def _admit(self) -> None:
