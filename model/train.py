@@ -8,8 +8,12 @@ What it does, in the usual recipe for transformer NMT (fairseq, Marian):
 - batches of at most ``--max-tokens`` padded tokens (``len(batch) * longest side``) from
   length-sorted buckets, so little compute goes into padding; batch order shuffled per epoch;
 - label-smoothed cross-entropy over the non-pad target tokens;
-- AdamW, linear warm-up to ``--lr`` over ``--warmup`` steps, then inverse-square-root decay;
-- dropout from the model config, gradient-norm clipping, bf16 autocast on CUDA;
+- AdamW (fused on CUDA), linear warm-up to ``--lr`` over ``--warmup`` steps, then inverse-square-root
+  decay, or (``--schedule cosine``) half a cosine to zero at ``--max-steps`` or ``--max-time``;
+- dropout from the model config, gradient-norm clipping, bf16 autocast on CUDA and on bf16 CPUs;
+- optionally an exponential moving average of the weights (``--ema-decay``, evaluated and exported),
+  the full-sentence pairs seen several times an epoch (``--oversample-sentences``), and encoder and
+  decoder depths of their own (``--encoder-layers``/``--decoder-layers``);
 - greedy decoding of a dev subset every ``--eval-interval`` steps with the serving decoder
   (``BatchDecoder``, so what is measured is what mtserve will produce), scored with sacrebleu
   (BLEU and chrF), plus the teacher-forced dev loss;
@@ -30,13 +34,14 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .checkpoint import load_model, save_model
@@ -48,6 +53,7 @@ from .transformer import MarianTransformer
 from .vocab import Vocab, copy_vocab
 
 Example = tuple[list[int], list[int]]  # (source ids ending in </s>, target ids ending in </s>)
+SCHEDULES = ("inverse-sqrt", "cosine")
 
 
 @dataclass
@@ -59,6 +65,8 @@ class TrainConfig:
     out: Path
     d_model: int = 256
     layers: int = 3
+    encoder_layers: int | None = None  # None: `layers`; a deep encoder and shallow decoder decodes faster
+    decoder_layers: int | None = None
     heads: int = 4
     ffn: int = 1024
     dropout: float = 0.1
@@ -68,6 +76,7 @@ class TrainConfig:
     max_length: int = 128
     lr: float = 7e-4
     warmup: int = 4000
+    schedule: str = "inverse-sqrt"  # or "cosine": to zero at max_steps, or at max_time if that comes first
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     clip_norm: float = 1.0
@@ -76,6 +85,11 @@ class TrainConfig:
     eval_interval: int = 1000
     eval_size: int = 500
     eval_sets: tuple[str, ...] = ("dev-sentences", "dev")
+    # Each pair of the `train-sentences` split (the full sentences inside `train`) is seen this many times
+    # an epoch: they are 5% of the pairs but what the model most needs to learn structure from.
+    oversample_sentences: int = 1
+    # Exponential moving average of the weights (0 = off): what is evaluated and exported when on.
+    ema_decay: float = 0.0
     seed: int = 1
     device: str = "auto"
     threads: int | None = None
@@ -92,8 +106,10 @@ class TrainConfig:
         self.init_from = Path(self.init_from) if self.init_from else None
         default_state = self.out.with_name(self.out.name + ".train")
         self.state_dir = Path(self.state_dir) if self.state_dir else default_state
-        for name in ("d_model", "layers", "heads", "ffn", "max_tokens", "max_length", "max_steps",
-                     "eval_interval", "warmup"):
+        self.encoder_layers = self.encoder_layers or self.layers
+        self.decoder_layers = self.decoder_layers or self.layers
+        for name in ("d_model", "layers", "encoder_layers", "decoder_layers", "heads", "ffn", "max_tokens",
+                     "max_length", "max_steps", "eval_interval", "warmup", "oversample_sentences"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -106,6 +122,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.max_time is not None and self.max_time <= 0:
@@ -115,8 +135,8 @@ class TrainConfig:
         return MarianConfig(
             vocab_size=len(vocab),
             d_model=self.d_model,
-            encoder_layers=self.layers,
-            decoder_layers=self.layers,
+            encoder_layers=self.encoder_layers,
+            decoder_layers=self.decoder_layers,
             encoder_attention_heads=self.heads,
             decoder_attention_heads=self.heads,
             encoder_ffn_dim=self.ffn,
@@ -180,17 +200,14 @@ class Batch:
 
 def collate(examples: Sequence[Example], pad_id: int, start_id: int, device: torch.device) -> Batch:
     """Pad a list of examples into tensors on ``device``."""
-    batch_size = len(examples)
     src_len = max(len(s) for s, _ in examples)
     tgt_len = max(len(t) for _, t in examples)
-    input_ids = torch.full((batch_size, src_len), pad_id, dtype=torch.long)
-    labels = torch.full((batch_size, tgt_len), pad_id, dtype=torch.long)
-    decoder_input_ids = torch.full((batch_size, tgt_len), pad_id, dtype=torch.long)
-    for row, (src, tgt) in enumerate(examples):
-        input_ids[row, : len(src)] = torch.tensor(src)
-        labels[row, : len(tgt)] = torch.tensor(tgt)
-        decoder_input_ids[row, 0] = start_id
-        decoder_input_ids[row, 1 : len(tgt)] = torch.tensor(tgt[:-1])
+    # Padded rows built as lists and converted once: one tensor per example would cost more than a GPU step
+    # at the batch sizes a GPU trains with.
+    input_ids = torch.tensor([s + [pad_id] * (src_len - len(s)) for s, _ in examples], dtype=torch.long)
+    labels = torch.tensor([t + [pad_id] * (tgt_len - len(t)) for _, t in examples], dtype=torch.long)
+    decoder_input_ids = torch.tensor([[start_id, *t[:-1]] + [pad_id] * (tgt_len - len(t)) for _, t in examples],
+                                     dtype=torch.long)
     target_tokens = sum(len(t) for _, t in examples)
     tokens = target_tokens + sum(len(s) for s, _ in examples)
     pin = device.type == "cuda"
@@ -227,6 +244,22 @@ def inverse_sqrt_schedule(warmup: int):
     def factor(step: int) -> float:  # LambdaLR passes the number of steps taken so far
         step = step + 1
         return step / warmup if step < warmup else math.sqrt(warmup / step)
+
+    return factor
+
+
+def cosine_schedule(warmup: int, progress: Callable[[int], float]):
+    """Multiplier of the peak learning rate: linear warm-up, then half a cosine down to 0 at progress 1.
+
+    ``progress(step)`` is the fraction of the run done (0..1): steps over ``max_steps``, or time over
+    ``max_time`` when the run is budgeted by time, so the decay ends when the run does.
+    """
+
+    def factor(step: int) -> float:
+        step = step + 1
+        if step < warmup:
+            return step / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress(step))))
 
     return factor
 
@@ -275,7 +308,8 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-9)
+    fused = all(p.is_cuda for p in params)  # one kernel for all parameters instead of several per tensor
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-9, fused=fused or None)
 
 
 # --- evaluation ------------------------------------------------------------------------------------
@@ -426,6 +460,9 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     vocab = Vocab(cfg.vocab)
     examples = encode_pairs(vocab, *read_split(cfg.data, "train"), cfg.max_length)
+    if cfg.oversample_sentences > 1:
+        sentences = encode_pairs(vocab, *read_split(cfg.data, "train-sentences"), cfg.max_length)
+        examples += sentences * (cfg.oversample_sentences - 1)
     eval_sets = {}
     for name in cfg.eval_sets:
         if (cfg.data / f"{name}.de").exists():
@@ -441,7 +478,20 @@ def train(cfg: TrainConfig) -> TrainResult:
         zero_pad_embedding(model, vocab.pad_id)
     model.to(device).train()
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(cfg.warmup))
+    started = time.perf_counter()  # data loading does not count against max_time
+
+    def progress(step: int) -> float:
+        done = step / cfg.max_steps
+        if cfg.max_time is not None:  # the time budget is this invocation's, so is the decay's horizon
+            done = max(done, (time.perf_counter() - started) / cfg.max_time)
+        return done
+
+    factor = (inverse_sqrt_schedule(cfg.warmup) if cfg.schedule == "inverse-sqrt"
+              else cosine_schedule(cfg.warmup, progress))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
+           if cfg.ema_decay else None)
+    final = ema.module if ema is not None else model  # the weights that are evaluated and exported
 
     checkpoint_path = cfg.state_dir / "checkpoint.pt"
     step, epoch, position = 0, 0, 0
@@ -452,6 +502,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            if state.get("ema") is None:
+                raise ValueError(f"{checkpoint_path} was trained without --ema-decay; resume it without")
+            ema.load_state_dict(state["ema"])
         step, epoch, position = state["step"], state["epoch"], state["position"]
         torch.set_rng_state(state["rng"]["torch"].cpu())
         random.setstate(state["rng"]["python"])
@@ -464,7 +518,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     def checkpoint() -> None:
         save_checkpoint(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch, "position": position,
+            "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+            "step": step, "epoch": epoch, "position": position,
             "model_config": config.to_dict(), "train_config": _jsonable(asdict(cfg)),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
@@ -477,7 +532,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     log({"event": "start", "step": step, "examples": len(examples), "device": str(device),
          "parameters": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
          "config": _jsonable(asdict(cfg))})
-    started = time.perf_counter()
     meter = _Meter(device)
     last_loss, metrics = math.nan, {}
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not cfg.progress, dynamic_ncols=True, unit="step")
@@ -494,6 +548,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
         optimizer.step()
         zero_pad_embedding(model, vocab.pad_id)
+        if ema is not None:
+            ema.update_parameters(model)
         scheduler.step()
         step += 1
 
@@ -506,7 +562,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                  "epoch": epoch})
         bar.update(1)
         if step % cfg.eval_interval == 0:
-            metrics = evaluate(model, vocab, eval_sets, cfg, device)
+            metrics = evaluate(final, vocab, eval_sets, cfg, device)
             log({"step": step, "eval": metrics})
             bar.write(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
             checkpoint()
@@ -515,11 +571,11 @@ def train(cfg: TrainConfig) -> TrainResult:
         last_loss, _ = meter.report()
 
     if step % cfg.eval_interval or not metrics:  # the loop did not just evaluate this step
-        metrics = evaluate(model, vocab, eval_sets, cfg, device)
+        metrics = evaluate(final, vocab, eval_sets, cfg, device)
         log({"step": step, "eval": metrics})
     checkpoint()
-    model.eval()
-    export_model(model, config, cfg.vocab, cfg.out, cfg.save_dtype)
+    final.eval()
+    export_model(final, config, cfg.vocab, cfg.out, cfg.save_dtype)
     log({"event": "done", "step": step, "seconds": round(time.perf_counter() - started, 1)})
     return TrainResult(step, resumed_from, last_loss, metrics, cfg.out)
 
@@ -565,6 +621,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--state-dir", type=Path, default=None, help="checkpoint and log (default: OUT.train)")
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--layers", type=int, default=3, help="encoder and decoder layers each")
+    p.add_argument("--encoder-layers", type=int, default=None, help="encoder layers (default: --layers)")
+    p.add_argument("--decoder-layers", type=int, default=None, help="decoder layers (default: --layers)")
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--ffn", type=int, default=1024)
     p.add_argument("--dropout", type=float, default=0.1)
@@ -574,6 +632,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--max-length", type=int, default=128, help="drop training pairs longer than this")
     p.add_argument("--lr", type=float, default=7e-4, help="peak learning rate")
     p.add_argument("--warmup", type=int, default=4000, help="steps of linear warm-up")
+    p.add_argument("--schedule", choices=SCHEDULES, default="inverse-sqrt",
+                   help="decay after warm-up; cosine reaches 0 at --max-steps or --max-time, whichever first")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--clip-norm", type=float, default=1.0)
@@ -582,6 +642,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--eval-interval", type=int, default=1000)
     p.add_argument("--eval-size", type=int, default=500, help="pairs of each eval set decoded")
     p.add_argument("--eval-sets", default="dev-sentences,dev", help="comma-separated split names in --data")
+    p.add_argument("--oversample-sentences", type=int, default=1,
+                   help="times each full-sentence pair (train-sentences split) is seen per epoch")
+    p.add_argument("--ema-decay", type=float, default=0.0,
+                   help="keep an exponential moving average of the weights, evaluated and exported (e.g. 0.999)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")

@@ -40,6 +40,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     pairs = tiny_corpus()
     splits = {"train": [p for i, p in enumerate(pairs) if i % 7], "dev": pairs[::7]}
     splits["dev-sentences"] = [p for p in splits["dev"] if p[0].endswith(".")]
+    splits["train-sentences"] = [p for p in splits["train"] if p[0].endswith(".")]
     for name, items in splits.items():
         for side, lang in enumerate(("de", "en")):
             (root / f"{name}.{lang}").write_text("".join(p[side] + "\n" for p in items), encoding="utf-8")
@@ -132,11 +133,30 @@ def test_learning_rate_warms_up_linearly_then_decays_with_inverse_square_root():
     assert all(factor(s) > factor(s + 1) for s in range(99, 500))
 
 
+def test_cosine_schedule_warms_up_then_falls_to_zero_when_the_run_ends():
+    done = {"fraction": 0.0}
+    factor = tr.cosine_schedule(warmup=10, progress=lambda step: done["fraction"])
+    assert factor(4) == pytest.approx(0.5)
+    assert factor(9) == pytest.approx(1.0)
+    done["fraction"] = 0.5
+    assert factor(500) == pytest.approx(0.5)
+    done["fraction"] = 1.0
+    assert factor(500) == pytest.approx(0.0)
+    done["fraction"] = 3.0  # past the horizon (a slow last step): stays at zero, never climbs back
+    assert factor(500) == pytest.approx(0.0)
+
+
 def test_config_validation_names_the_bad_value(tmp_path: Path):
     with pytest.raises(ValueError, match="d_model 30 is not divisible by heads 4"):
         tr.TrainConfig(data=tmp_path, vocab=tmp_path, out=tmp_path / "m", d_model=30, heads=4)
     with pytest.raises(ValueError, match="dropout"):
         tr.TrainConfig(data=tmp_path, vocab=tmp_path, out=tmp_path / "m", dropout=1.5)
+    with pytest.raises(ValueError, match="schedule must be one of inverse-sqrt, cosine, got 'linear'"):
+        tr.TrainConfig(data=tmp_path, vocab=tmp_path, out=tmp_path / "m", schedule="linear")
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\), got 1.0"):
+        tr.TrainConfig(data=tmp_path, vocab=tmp_path, out=tmp_path / "m", ema_decay=1.0)
+    with pytest.raises(ValueError, match="oversample_sentences must be a positive integer, got 0"):
+        tr.TrainConfig(data=tmp_path, vocab=tmp_path, out=tmp_path / "m", oversample_sentences=0)
     cfg = tr.TrainConfig(data=tmp_path, vocab=tmp_path, out=tmp_path / "model")
     assert cfg.state_dir == tmp_path / "model.train"
 
@@ -146,11 +166,14 @@ def test_command_line_maps_onto_the_config(tmp_path: Path):
         "--data", "d", "--vocab", "v", "--out", str(tmp_path / "m"), "--d-model", "64", "--layers", "2",
         "--heads", "8", "--ffn", "128", "--max-tokens", "2048", "--lr", "1e-3", "--warmup", "10",
         "--max-steps", "7", "--max-time", "60", "--eval-interval", "5", "--seed", "4", "--threads", "1",
-        "--device", "cpu", "--eval-sets", "dev", "--no-amp",
+        "--device", "cpu", "--eval-sets", "dev", "--no-amp", "--encoder-layers", "4", "--schedule", "cosine",
+        "--ema-decay", "0.999", "--oversample-sentences", "3",
     ])
     assert (cfg.d_model, cfg.layers, cfg.heads, cfg.ffn, cfg.max_tokens) == (64, 2, 8, 128, 2048)
     assert (cfg.lr, cfg.warmup, cfg.max_steps, cfg.max_time, cfg.eval_interval) == (1e-3, 10, 7, 60.0, 5)
     assert (cfg.seed, cfg.threads, cfg.device, cfg.eval_sets, cfg.amp) == (4, 1, "cpu", ("dev",), False)
+    assert (cfg.encoder_layers, cfg.decoder_layers) == (4, 2)  # --decoder-layers defaults to --layers
+    assert (cfg.schedule, cfg.ema_decay, cfg.oversample_sentences) == ("cosine", 0.999, 3)
 
 
 def test_vocab_gives_the_same_ids_as_the_serving_tokenizer(corpus):
@@ -297,3 +320,51 @@ def test_the_pad_embedding_stays_zero_as_marian_and_ctranslate2_assume(trained):
     for table in (model.encoder.embed_tokens.weight, model.decoder.embed_tokens.weight, model.lm_head.weight):
         assert torch.count_nonzero(table[config.pad_token_id]) == 0
         assert torch.count_nonzero(table) > 0
+
+
+def test_encoder_and_decoder_depths_can_differ(corpus, tmp_path: Path):
+    cfg = tiny_config(corpus, tmp_path / "model", encoder_layers=2, decoder_layers=1, max_steps=2)
+    tr.train(cfg)
+    config, model = load_model(cfg.out, device="cpu")
+    assert (config.encoder_layers, config.decoder_layers) == (2, 1)
+    assert (len(model.encoder.layers), len(model.decoder.layers)) == (2, 1)
+
+
+def test_oversampling_repeats_the_full_sentence_pairs(corpus, tmp_path: Path):
+    data, _ = corpus
+    train_pairs = len((data / "train.de").read_text().splitlines())
+    sentences = len((data / "train-sentences.de").read_text().splitlines())
+    assert 0 < sentences < train_pairs
+    cfg = tiny_config(corpus, tmp_path / "model", oversample_sentences=3, max_steps=1)
+    tr.train(cfg)
+    start = next(r for r in read_log(cfg) if r.get("event") == "start")
+    assert start["examples"] == train_pairs + 2 * sentences
+
+
+def test_ema_exports_the_moving_average_of_the_weights(corpus, tmp_path: Path):
+    """EMA starts at the first step's weights, then moves (1 - decay) of the way each step."""
+    decay = 0.75
+    w1 = load_file(tr.train(tiny_config(corpus, tmp_path / "one", max_steps=1)).out / "model.safetensors")
+    w2 = load_file(tr.train(tiny_config(corpus, tmp_path / "two", max_steps=2)).out / "model.safetensors")
+    ema_run = tiny_config(corpus, tmp_path / "ema", max_steps=2, ema_decay=decay)
+    averaged = load_file(tr.train(ema_run).out / "model.safetensors")
+    assert averaged.keys() == w1.keys()
+    moved = [k for k in w1 if not torch.equal(w1[k], w2[k])]
+    assert moved  # the second step changed weights, so the average is neither of them
+    for key in w1:
+        assert torch.allclose(averaged[key], decay * w1[key] + (1 - decay) * w2[key], atol=1e-6), key
+
+
+def test_a_resumed_ema_run_matches_an_uninterrupted_one(corpus, tmp_path: Path):
+    straight = tiny_config(corpus, tmp_path / "straight", max_steps=6, eval_interval=3, ema_decay=0.9)
+    tr.train(straight)
+    split = replace(straight, out=tmp_path / "split", state_dir=None, max_steps=3)
+    tr.train(split)
+    tr.train(replace(split, max_steps=6))
+    a, b = load_file(straight.out / "model.safetensors"), load_file(split.out / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # A checkpoint without an average cannot silently start one half-way.
+    plain = tiny_config(corpus, tmp_path / "plain", max_steps=2)
+    tr.train(plain)
+    with pytest.raises(ValueError, match="trained without --ema-decay"):
+        tr.train(replace(plain, max_steps=3, ema_decay=0.9))
