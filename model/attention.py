@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,10 +43,14 @@ class MultiHeadAttention(nn.Module):
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
-        """query (B, T, d_model); key/value (B, H, S, D); mask broadcastable to (B, H, T, S), True = attend."""
+        """query (B, T, d_model); key/value (B, H, S, D); mask broadcastable to (B, H, T, S): True = attend,
+        or additive (0 = attend, -inf = not)."""
         q = self.split_heads(self.q_proj(query))  # (B, H, T, D)
-        dropout = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
+        if q.shape[2] == 1 and q.device.type == "cpu" and not self.training and mask is not None:
+            out = _attend_one_query(q, key, value, mask)
+        else:
+            dropout = self.dropout if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
         batch, _, length, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, -1))  # (B, T, d_model)
 
@@ -58,3 +64,18 @@ class MultiHeadAttention(nn.Module):
         """Attention of `query` over `memory` with no cache (self-attention when memory is query)."""
         key, value = self.project_kv(memory)
         return self.attend(query, key, value, mask, is_causal)
+
+
+def _attend_one_query(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of a single query per row (the cached decoder step on the CPU): two batched matmuls.
+
+    The same function as scaled_dot_product_attention; on the CPU its flash kernel is tuned for long
+    queries, and with one query it took 1.6x the time of this (128 rows, 8 heads, 30 keys read from the
+    KV cache: 1.05 ms against 0.66 ms).
+    """
+    scores = torch.matmul(q, key.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # (B, H, 1, S)
+    if mask.dtype == torch.bool:
+        scores.masked_fill_(~mask, -math.inf)
+    else:
+        scores.add_(mask)
+    return torch.matmul(torch.softmax(scores, dim=-1), value)  # (B, H, 1, D)

@@ -278,9 +278,7 @@ class BatchDecoder:
         first = len(self._tokens)
         rows = torch.arange(first, first + int(repeats.sum()), device=self.device)
         self.cache.reserve(source_length=longest)
-        self.model.fill_cross_attention(
-            self.cache, rows, memory.repeat_interleave(repeats, dim=0), lengths.repeat_interleave(repeats)
-        )
+        self.model.fill_cross_attention(self.cache, rows, memory, lengths, repeats)
         for p in pending:
             p.group.start = len(self._tokens)
             self._groups.append(p.group)

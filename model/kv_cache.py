@@ -5,6 +5,13 @@ view of the buffers and nothing is concatenated per step. Sequences join by bein
 after the active prefix, and leave (or beams reorder) through one :meth:`KVCache.gather` that moves whole
 rows, never recomputing anyone's keys and values. Buffers grow by doubling along the time axes when a
 longer sequence arrives, so reallocation is rare and amortised.
+
+Beam search reorders the self-attention rows at almost every step, so those are double-buffered: a
+reorder is one ``index_select`` per layer from the live buffer into the spare one, then the two swap.
+That copies every active row (the written positions only) in blocks of a head's whole history, and was
+several times faster on the CPU than advanced-index assignment of only the changed rows (base-size
+decoder, 128 rows, 6 layers, 30 positions: 3.5 ms against 27 ms a buffer), for twice the self-attention
+memory.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ class KVCache:
         self.device = torch.device(device)
         self._shape = (num_layers, num_rows, num_heads, head_dim)
         self.self_k = self.self_v = self.cross_k = self.cross_v = torch.empty(0)
+        # Reorder targets for self_k/self_v, allocated at the first reorder (greedy-only use never needs them).
+        self._spare_k: torch.Tensor | None = None
+        self._spare_v: torch.Tensor | None = None
         self._allocate_self(min(initial_length, max_target_length))
         self._allocate_cross(initial_length)
         self.source_length = torch.zeros(num_rows, dtype=torch.long, device=self.device)  # (R,)
@@ -54,6 +64,7 @@ class KVCache:
     def _allocate_self(self, length: int) -> None:
         old_k, old_v = self.self_k, self.self_v
         self.self_k, self.self_v = self._buffer(length), self._buffer(length)
+        self._spare_k = self._spare_v = None
         if old_k.numel():
             self.self_k[..., : old_k.shape[3], :] = old_k
             self.self_v[..., : old_v.shape[3], :] = old_v
@@ -118,16 +129,27 @@ class KVCache:
         A `source_length` of 0 leaves the cross-attention rows alone (beams of one text share them).
         """
         count = sources.shape[0]
-        buffers = [(self.self_k, target_length), (self.self_v, target_length)]
+        if self._spare_k is None or self._spare_v is None:
+            # Zeros, not empty: rows past the active ones are read (masked) by attention and must be finite.
+            self._spare_k, self._spare_v = self._buffer(self.target_capacity), self._buffer(self.target_capacity)
+        for layer in range(self._shape[0]):
+            for live, spare in ((self.self_k, self._spare_k), (self.self_v, self._spare_v)):
+                torch.index_select(live[layer, :, :, :target_length], 0, sources,
+                                   out=spare[layer, :count, :, :target_length])
+        self.self_k, self._spare_k = self._spare_k, self.self_k
+        self.self_v, self._spare_v = self._spare_v, self.self_v
         if source_length:
-            buffers += [(self.cross_k, source_length), (self.cross_v, source_length)]
             self.source_length[:count] = self.source_length[sources]
-        # Only rows that change are copied (the right-hand side is gathered before anything is written).
-        destinations = torch.arange(count, device=sources.device)
-        changed = sources != destinations
-        sources, destinations = sources[changed], destinations[changed]
-        for buffer, length in buffers:
-            buffer[:, destinations, :, :length] = buffer[:, sources, :, :length]
+            # Rarer (whole texts shift when one before them leaves): only changed rows and positions move.
+            destinations = torch.arange(count, device=sources.device)
+            changed = sources != destinations
+            moved_from, moved_to = sources[changed], destinations[changed]
+            for buffer in (self.cross_k, self.cross_v):
+                for layer in range(self._shape[0]):
+                    view = buffer[layer, :, :, :source_length]
+                    # Read all moved rows first (sources and destinations overlap); index_select, not
+                    # advanced indexing: contiguous copies, 2x faster here on the CPU.
+                    view.index_copy_(0, moved_to, torch.index_select(view, 0, moved_from))
 
     def masks(
         self, positions: torch.Tensor, target_length: int, source_length: int
@@ -141,4 +163,5 @@ class KVCache:
         return self_mask[:, None, None, :], cross_mask[:, None, None, :]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.self_k, self.self_v, self.cross_k, self.cross_v))
+        buffers = [self.self_k, self.self_v, self.cross_k, self.cross_v, self._spare_k, self._spare_v]
+        return sum(t.numel() * t.element_size() for t in buffers if t is not None)

@@ -116,12 +116,25 @@ class MarianTransformer(nn.Module):
     # -- the cached path: serving ------------------------------------------------------------------
 
     def fill_cross_attention(
-        self, cache: KVCache, rows: torch.Tensor, memory: torch.Tensor, source_lengths: torch.Tensor
+        self,
+        cache: KVCache,
+        rows: torch.Tensor,
+        memory: torch.Tensor,
+        source_lengths: torch.Tensor,
+        repeats: torch.Tensor | None = None,
     ) -> None:
-        """Project the encoder output (N, S, d) once per decoder layer into the cross-attention rows (N,)."""
+        """Project the encoder output (P, S, d) once per decoder layer into the cross-attention rows (N,).
+
+        `repeats` (P,): how many consecutive rows each text fills (its beams); the projection runs once
+        per text and its keys/values are copied, not recomputed, for each beam.
+        """
+        if repeats is not None:
+            source_lengths = source_lengths.repeat_interleave(repeats)
         cache.set_source_length(rows, source_lengths)
         for index, layer in enumerate(self.decoder.layers):
-            key, value = layer.encoder_attn.project_kv(memory)  # (N, H, S, D)
+            key, value = layer.encoder_attn.project_kv(memory)  # (P, H, S, D)
+            if repeats is not None:
+                key, value = key.repeat_interleave(repeats, dim=0), value.repeat_interleave(repeats, dim=0)
             cache.write_cross(index, rows, key, value)
 
     def decode_step(

@@ -179,9 +179,33 @@ def test_gather_moves_whole_rows() -> None:
     cache.set_source_length(torch.arange(4), torch.tensor([1, 2, 3, 4]))
     cache.gather(torch.tensor([2, 2, 0]), target_length=4, source_length=4)
     for buffer in (cache.self_k, cache.self_v, cache.cross_k, cache.cross_v):
-        for row, value in enumerate([2.0, 2.0, 0.0, 3.0]):  # row 3 was not a destination: untouched
+        for row, value in enumerate([2.0, 2.0, 0.0]):
             assert torch.equal(buffer[:, row], torch.full_like(buffer[:, row], value)), row
+    # Row 3 is free now: cross-attention rows are moved in place, so it is untouched there; self-attention
+    # rows are double-buffered, so it holds whatever the spare buffer held, but never anything non-finite
+    # (attention reads free and masked positions).
+    for buffer in (cache.cross_k, cache.cross_v):
+        assert torch.equal(buffer[:, 3], torch.full_like(buffer[:, 3], 3.0))
+    for buffer in (cache.self_k, cache.self_v):
+        assert torch.isfinite(buffer[:, 3]).all()
     assert cache.source_length.tolist() == [3, 3, 1, 4]
+
+
+def test_repeated_reorders_compose_like_index_selects() -> None:
+    """Double buffering swaps live and spare at each reorder: the n-th reorder must read the (n-1)-th's result."""
+    cache = KVCache(2, 5, 2, 3, max_target_length=16, dtype=torch.float32, device="cpu", initial_length=8)
+    cache.self_k.normal_()
+    cache.self_v.normal_()
+    expected_k, expected_v = cache.self_k.clone(), cache.self_v.clone()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        sources = torch.randint(0, 5, (5,), generator=generator)
+        cache.gather(sources, target_length=8, source_length=0)
+        expected_k, expected_v = expected_k[:, sources], expected_v[:, sources]
+        assert torch.equal(cache.self_k, expected_k) and torch.equal(cache.self_v, expected_v)
+    cache.reserve(target_length=9)  # growth drops the spares; the next reorder makes new ones
+    cache.gather(torch.tensor([4, 3, 2, 1, 0]), target_length=9, source_length=0)
+    assert torch.equal(cache.self_k[..., :8, :], expected_k[:, [4, 3, 2, 1, 0]])
 
 
 def test_growth_keeps_contents_and_respects_the_limit() -> None:
