@@ -3,12 +3,14 @@
 Texts ("groups") join between steps: one batched encoder pass for all newcomers fills their
 cross-attention K/V once, then every step runs one decoder pass over all rows of all groups. A group
 occupies `options.rows` rows (its beams or samples), kept contiguous; finished and cancelled groups
-leave, and beam reordering moves rows, through a single gather per step. Because every text runs the
+leave, and beam reordering moves rows, through one gather of the self-attention rows per step (texts
+that change place also move their cross-attention rows). Because every text runs the
 same code whatever else is in the batch, batching never changes its result (up to float rounding).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -215,31 +217,35 @@ class BatchDecoder:
         return result
 
     def _relayout(self, plans: list[tuple[list[int], list[int]] | None], advance: int = 1) -> None:
-        """Move surviving rows into their new places with one gather, and set the next step's inputs
+        """Move surviving rows into their new places, and set the next step's inputs
         (positions move on by `advance`: 1 after a decoder step, 0 when rows only leave)."""
         sources: list[int] = []
         tokens: list[int] = []
         positions: list[int] = []
         groups: list[_Group] = []
-        groups_moved = False
-        for group, plan in zip(self._groups, plans, strict=True):
-            if plan is None:
-                continue
-            rows, next_tokens = plan
+        # Cross-attention rows move per text, not per row: every row of a text holds the same keys/values.
+        cross_from: list[int] = []
+        cross_to: list[int] = []
+        cross_length = 0
+        survivors = [(g, p) for g, p in zip(self._groups, plans, strict=True) if p is not None]
+        for group, (rows, next_tokens) in _fill_holes_from_the_tail(survivors):
             next_position = self._positions[group.start] + advance
-            groups_moved |= group.start != len(sources)
+            if group.start != len(sources):
+                cross_from += range(group.start, group.start + len(rows))
+                cross_to += range(len(sources), len(sources) + len(rows))
+                cross_length = max(cross_length, group.source_length)
             group.start = len(sources)
             sources += rows
             tokens += next_tokens
             positions += [next_position] * len(rows)
             groups.append(group)
         if sources != list(range(len(sources))):
-            # Beams reorder within their text, so cross-attention rows move only when whole texts shift.
-            source_length = max(g.source_length for g in self._groups) if groups_moved else 0
-            self.cache.gather(
-                torch.tensor(sources, device=self.device),
-                target_length=max(positions, default=0),
-                source_length=source_length,
+            self.cache.gather(torch.tensor(sources, device=self.device), target_length=max(positions, default=0))
+        if cross_from:
+            self.cache.move_cross(
+                torch.tensor(cross_from, device=self.device),
+                torch.tensor(cross_to, device=self.device),
+                source_length=cross_length,
             )
         self._groups, self._tokens, self._positions = groups, tokens, positions
 
@@ -284,3 +290,26 @@ class BatchDecoder:
             self._groups.append(p.group)
             self._tokens += [self.start_id] * p.group.search.rows
             self._positions += [0] * p.group.search.rows
+
+
+def _fill_holes_from_the_tail(
+    survivors: list[tuple[_Group, tuple[list[int], list[int]]]],
+) -> list[tuple[_Group, tuple[list[int], list[int]]]]:
+    """The new row order of the surviving groups (given in row order with their next rows).
+
+    Rows must stay a contiguous prefix. Shifting every group after a leaver down would move all their
+    cross-attention rows; instead a hole is filled with groups taken from the end when they fit, so
+    most groups keep their rows (the order of groups in the cache does not change any result).
+    """
+    remaining = deque(survivors)
+    placed = []
+    cursor = 0
+    while remaining:
+        group, _ = remaining[0]
+        hole = group.start - cursor
+        if hole > 0 and len(remaining) > 1 and len(remaining[-1][1][0]) <= hole:
+            placed.append(remaining.pop())
+        else:
+            placed.append(remaining.popleft())
+        cursor += len(placed[-1][1][0])
+    return placed

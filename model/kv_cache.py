@@ -2,8 +2,9 @@
 
 Rows ``0 .. n-1`` are the active ones; the decoder step always runs on that prefix, so attention reads a
 view of the buffers and nothing is concatenated per step. Sequences join by being written into the rows
-after the active prefix, and leave (or beams reorder) through one :meth:`KVCache.gather` that moves whole
-rows, never recomputing anyone's keys and values. Buffers grow by doubling along the time axes when a
+after the active prefix, and leave (or beams reorder) through :meth:`KVCache.gather` (self-attention) and
+:meth:`KVCache.move_cross` (cross-attention), which move whole rows, never recomputing anyone's keys and
+values. Buffers grow by doubling along the time axes when a
 longer sequence arrives, so reallocation is rare and amortised.
 
 Beam search reorders the self-attention rows at almost every step, so those are double-buffered: a
@@ -122,12 +123,10 @@ class KVCache:
 
     # -- moving rows ------------------------------------------------------------------------------
 
-    def gather(self, sources: torch.Tensor, *, target_length: int, source_length: int) -> None:
-        """Rows ``0 .. len(sources)-1`` become copies of rows `sources` (beam reordering, compaction).
-
-        Only the first `target_length`/`source_length` positions are moved: nothing beyond them is read.
-        A `source_length` of 0 leaves the cross-attention rows alone (beams of one text share them).
-        """
+    def gather(self, sources: torch.Tensor, *, target_length: int) -> None:
+        """Self-attention rows ``0 .. len(sources)-1`` become copies of rows `sources` (beam reordering,
+        compaction); rows past them are free afterwards. Only the first `target_length` positions move:
+        nothing beyond them is read."""
         count = sources.shape[0]
         if self._spare_k is None or self._spare_v is None:
             # Zeros, not empty: rows past the active ones are read (masked) by attention and must be finite.
@@ -138,18 +137,20 @@ class KVCache:
                                    out=spare[layer, :count, :, :target_length])
         self.self_k, self._spare_k = self._spare_k, self.self_k
         self.self_v, self._spare_v = self._spare_v, self.self_v
-        if source_length:
-            self.source_length[:count] = self.source_length[sources]
-            # Rarer (whole texts shift when one before them leaves): only changed rows and positions move.
-            destinations = torch.arange(count, device=sources.device)
-            changed = sources != destinations
-            moved_from, moved_to = sources[changed], destinations[changed]
-            for buffer in (self.cross_k, self.cross_v):
-                for layer in range(self._shape[0]):
-                    view = buffer[layer, :, :, :source_length]
-                    # Read all moved rows first (sources and destinations overlap); index_select, not
-                    # advanced indexing: contiguous copies, 2x faster here on the CPU.
-                    view.index_copy_(0, moved_to, torch.index_select(view, 0, moved_from))
+
+    def move_cross(self, sources: torch.Tensor, destinations: torch.Tensor, *, source_length: int) -> None:
+        """Cross-attention rows `destinations` become copies of rows `sources` (texts moving to other rows),
+        their first `source_length` positions; other rows stay as they are.
+
+        Apart from the rest: beams of one text share their cross-attention rows, so a beam reorder moves
+        none, and compaction moves only the texts that change place. index_select, not advanced indexing:
+        contiguous copies, 2x faster on the CPU; all rows are read before any is written (they may overlap).
+        """
+        self.source_length[destinations] = self.source_length[sources]
+        for buffer in (self.cross_k, self.cross_v):
+            for layer in range(self._shape[0]):
+                view = buffer[layer, :, :, :source_length]
+                view.index_copy_(0, destinations, torch.index_select(view, 0, sources))
 
     def masks(
         self, positions: torch.Tensor, target_length: int, source_length: int

@@ -172,23 +172,65 @@ def test_cached_steps_equal_full_decoder(model: MarianTransformer, monkeypatch: 
         assert [h.score for h in hypotheses] == pytest.approx([h.score for h in alone], abs=1e-5), group_id
 
 
-def test_gather_moves_whole_rows() -> None:
+def test_a_leaving_text_is_replaced_by_the_last_one_so_the_others_keep_their_rows(
+    model: MarianTransformer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling the first of four beam-2 texts moves the last text into its rows, not all three down."""
+    decoder = BatchDecoder(model, 8)
+    sources = dict(zip("abcd", _sources(model, [5, 7, 6, 4], seed=3), strict=True))
+    options = SearchOptions(beam_size=2, max_length=12)
+    for group_id, source in sources.items():
+        decoder.add(group_id, source, options)
+    oracle = Oracle(model, decoder, sources)
+    monkeypatch.setattr(model, "decode_step", oracle)
+    moves: list[tuple[list[int], list[int]]] = []
+    original = decoder.cache.move_cross
+    monkeypatch.setattr(decoder.cache, "move_cross",
+                        lambda s, d, **kw: (moves.append((s.tolist(), d.tolist())), original(s, d, **kw)))
+    decoder.step()
+    decoder.cancel("a")
+    results = {}
+    while decoder.has_work():
+        if not moves:
+            assert [(g.group_id, g.start) for g in decoder._groups] == [("a", 0), ("b", 2), ("c", 4), ("d", 6)]
+        for event in decoder.step():
+            if event.hypotheses is not None:
+                results[event.group_id] = event.hypotheses
+        if len(moves) == 1 and "d" not in results:
+            assert [(g.group_id, g.start) for g in decoder._groups][:3] == [("d", 0), ("b", 2), ("c", 4)]
+    assert moves[0] == ([6, 7], [0, 1])  # only d's cross-attention rows moved
+    monkeypatch.undo()
+    for group_id in "bcd":  # and the oracle checked every step against the no-cache decoder
+        assert [h.token_ids for h in results[group_id]] == [h.token_ids for h in _solo(model, sources[group_id],
+                                                                                       options)]
+
+
+def test_gather_moves_whole_self_attention_rows() -> None:
     cache = KVCache(2, 4, 2, 3, max_target_length=16, dtype=torch.float32, device="cpu", initial_length=4)
     for buffer in (cache.self_k, cache.self_v, cache.cross_k, cache.cross_v):
         buffer.copy_(torch.arange(4.0)[None, :, None, None, None].expand_as(buffer))  # row r holds r everywhere
-    cache.set_source_length(torch.arange(4), torch.tensor([1, 2, 3, 4]))
-    cache.gather(torch.tensor([2, 2, 0]), target_length=4, source_length=4)
-    for buffer in (cache.self_k, cache.self_v, cache.cross_k, cache.cross_v):
+    cache.gather(torch.tensor([2, 2, 0]), target_length=4)
+    for buffer in (cache.self_k, cache.self_v):
         for row, value in enumerate([2.0, 2.0, 0.0]):
             assert torch.equal(buffer[:, row], torch.full_like(buffer[:, row], value)), row
-    # Row 3 is free now: cross-attention rows are moved in place, so it is untouched there; self-attention
-    # rows are double-buffered, so it holds whatever the spare buffer held, but never anything non-finite
-    # (attention reads free and masked positions).
-    for buffer in (cache.cross_k, cache.cross_v):
-        assert torch.equal(buffer[:, 3], torch.full_like(buffer[:, 3], 3.0))
-    for buffer in (cache.self_k, cache.self_v):
+        # Row 3 is free now. Double buffering left the spare's contents there: never anything non-finite,
+        # since attention reads free and masked positions.
         assert torch.isfinite(buffer[:, 3]).all()
-    assert cache.source_length.tolist() == [3, 3, 1, 4]
+    for buffer in (cache.cross_k, cache.cross_v):  # beams share cross-attention rows: a reorder moves none
+        assert torch.equal(buffer, torch.arange(4.0)[None, :, None, None, None].expand_as(buffer))
+
+
+def test_move_cross_copies_only_the_named_rows_even_when_they_overlap() -> None:
+    cache = KVCache(2, 5, 2, 3, max_target_length=16, dtype=torch.float32, device="cpu", initial_length=4)
+    for buffer in (cache.cross_k, cache.cross_v):
+        buffer.copy_(torch.arange(5.0)[None, :, None, None, None].expand_as(buffer))
+    cache.set_source_length(torch.arange(5), torch.tensor([1, 2, 3, 4, 4]))
+    # Rows 2-3 move down to 1-2 (2 is read before it is overwritten), row 4 into row 0.
+    cache.move_cross(torch.tensor([2, 3, 4]), torch.tensor([1, 2, 0]), source_length=4)
+    for buffer in (cache.cross_k, cache.cross_v):
+        for row, value in enumerate([4.0, 2.0, 3.0, 3.0, 4.0]):
+            assert torch.equal(buffer[:, row], torch.full_like(buffer[:, row], value)), row
+    assert cache.source_length.tolist() == [4, 3, 4, 4, 4]
 
 
 def test_repeated_reorders_compose_like_index_selects() -> None:
@@ -200,11 +242,11 @@ def test_repeated_reorders_compose_like_index_selects() -> None:
     generator = torch.Generator().manual_seed(0)
     for _ in range(6):
         sources = torch.randint(0, 5, (5,), generator=generator)
-        cache.gather(sources, target_length=8, source_length=0)
+        cache.gather(sources, target_length=8)
         expected_k, expected_v = expected_k[:, sources], expected_v[:, sources]
         assert torch.equal(cache.self_k, expected_k) and torch.equal(cache.self_v, expected_v)
     cache.reserve(target_length=9)  # growth drops the spares; the next reorder makes new ones
-    cache.gather(torch.tensor([4, 3, 2, 1, 0]), target_length=9, source_length=0)
+    cache.gather(torch.tensor([4, 3, 2, 1, 0]), target_length=9)
     assert torch.equal(cache.self_k[..., :8, :], expected_k[:, [4, 3, 2, 1, 0]])
 
 
