@@ -46,8 +46,8 @@ class MultiHeadAttention(nn.Module):
         """query (B, T, d_model); key/value (B, H, S, D); mask broadcastable to (B, H, T, S): True = attend,
         or additive (0 = attend, -inf = not)."""
         q = self.split_heads(self.q_proj(query))  # (B, H, T, D)
-        if q.shape[2] == 1 and q.device.type == "cpu" and not self.training and mask is not None:
-            out = _attend_one_query(q, key, value, mask)
+        if q.shape[2] <= 8 and q.device.type == "cpu" and not self.training and mask is not None:
+            out = _attend_few_queries(q, key, value, mask)
         else:
             dropout = self.dropout if self.training else 0.0
             out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
@@ -66,16 +66,17 @@ class MultiHeadAttention(nn.Module):
         return self.attend(query, key, value, mask, is_causal)
 
 
-def _attend_one_query(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Attention of a single query per row (the cached decoder step on the CPU): two batched matmuls.
+def _attend_few_queries(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of one query per row, or a text's few beams, in the cached decoder step on the CPU:
+    two batched matmuls.
 
     The same function as scaled_dot_product_attention; on the CPU its flash kernel is tuned for long
     queries, and with one query it took 1.6x the time of this (128 rows, 8 heads, 30 keys read from the
     KV cache: 1.05 ms against 0.66 ms).
     """
-    scores = torch.matmul(q, key.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # (B, H, 1, S)
+    scores = torch.matmul(q, key.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # (B, H, Tq, S)
     if mask.dtype == torch.bool:
         scores.masked_fill_(~mask, -math.inf)
     else:
         scores.add_(mask)
-    return torch.matmul(torch.softmax(scores, dim=-1), value)  # (B, H, 1, D)
+    return torch.matmul(torch.softmax(scores, dim=-1), value)  # (B, H, Tq, D)

@@ -136,7 +136,7 @@ class BatchDecoder:
         target_length = max(self._positions) + 1
         self.cache.reserve(target_length=target_length)
         source_length = max(g.source_length for g in self._groups)
-        logits = self.model.decode_step(tokens, positions, self.cache, target_length, source_length)
+        logits = self.model.decode_step(tokens, positions, self.cache, target_length, source_length, self._group_size())
         logprobs = torch.log_softmax(logits, dim=-1)  # (N, V)
         min_lengths, max_lengths = self._length_limits()
         constrain(
@@ -149,6 +149,11 @@ class BatchDecoder:
             forced_eos=self.forced_eos,
         )
         return self._advance(logprobs)
+
+    def _group_size(self) -> int:
+        """k when every text has k rows (so text i holds rows i*k .. i*k+k-1), else 1 (no sharing)."""
+        sizes = {g.search.rows for g in self._groups}
+        return sizes.pop() if len(sizes) == 1 else 1
 
     def _length_limits(self) -> tuple[torch.Tensor, torch.Tensor]:
         mins: list[int] = []

@@ -117,9 +117,14 @@ class KVCache:
         self.self_v[layer][rows, :, positions] = value[:, :, 0]
         return self.self_k[layer, :count, :, :length], self.self_v[layer, :count, :, :length]  # (N, H, T, D)
 
-    def cross(self, layer: int, count: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-attention K/V of the first `count` rows, up to `length` source positions: (N, H, S, D)."""
-        return self.cross_k[layer, :count, :, :length], self.cross_v[layer, :count, :, :length]
+    def cross(self, layer: int, count: int, length: int, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention K/V of the first `count` rows, up to `length` source positions: (N, H, S, D).
+
+        With `group_size` k > 1 (texts of k rows each, aligned at multiples of k), one row per text:
+        (N/k, H, S, D), a strided view, since a text's rows hold the same cross-attention K/V.
+        """
+        rows = slice(0, count, group_size)
+        return self.cross_k[layer, rows, :, :length], self.cross_v[layer, rows, :, :length]
 
     # -- moving rows ------------------------------------------------------------------------------
 
@@ -153,14 +158,15 @@ class KVCache:
                 view.index_copy_(0, destinations, torch.index_select(view, 0, sources))
 
     def masks(
-        self, positions: torch.Tensor, target_length: int, source_length: int
+        self, positions: torch.Tensor, target_length: int, source_length: int, group_size: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Boolean attention masks for one step of the first N rows: self (N,1,1,T) and cross (N,1,1,S)."""
+        """Boolean attention masks for one step of the first N rows: self (N,1,1,T) and cross (N,1,1,S),
+        or (N/k,1,1,S) for texts of `group_size` k rows (see :meth:`cross`)."""
         count = positions.shape[0]
         steps = torch.arange(target_length, device=positions.device)
         self_mask = steps[None, :] <= positions[:, None]  # (N, T)
         sources = torch.arange(source_length, device=positions.device)
-        cross_mask = sources[None, :] < self.source_length[:count, None]  # (N, S)
+        cross_mask = sources[None, :] < self.source_length[:count:group_size, None]  # (N/k, S)
         return self_mask[:, None, None, :], cross_mask[:, None, None, :]
 
     def nbytes(self) -> int:

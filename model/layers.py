@@ -118,15 +118,21 @@ class DecoderLayer(_PostNormLayer):
         self_mask: torch.Tensor,
         cross_mask: torch.Tensor,
         target_length: int,
+        group_size: int = 1,
     ) -> torch.Tensor:
-        """One new token per row: x (N, 1, d); keys/values come from and go to `cache`."""
+        """One new token per row: x (N, 1, d); keys/values come from and go to `cache`. With `group_size`
+        k > 1, every k consecutive rows are one text's beams and share its cross-attention K/V."""
         key, value = self.self_attn.project_kv(x)  # (N, H, 1, D)
         key, value = cache.append(layer, positions, key, value, target_length)
         x = self._residual(x, self.self_attn.attend(x, key, value, self_mask), self.self_attn_layer_norm)
-        cross_key, cross_value = cache.cross(layer, x.shape[0], cross_mask.shape[-1])
-        x = self._residual(
-            x, self.encoder_attn.attend(x, cross_key, cross_value, cross_mask), self.encoder_attn_layer_norm
-        )
+        cross_key, cross_value = cache.cross(layer, x.shape[0], cross_mask.shape[-1], group_size)
+        if group_size > 1:  # (N, 1, d) as (N/k, k, d): the k beams are k queries against one text
+            rows, _, width = x.shape
+            grouped = x.view(rows // group_size, group_size, width)
+            attended = self.encoder_attn.attend(grouped, cross_key, cross_value, cross_mask).view(rows, 1, width)
+        else:
+            attended = self.encoder_attn.attend(x, cross_key, cross_value, cross_mask)
+        x = self._residual(x, attended, self.encoder_attn_layer_norm)
         return self._feed_forward(x)
 
 

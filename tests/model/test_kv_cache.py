@@ -53,6 +53,7 @@ class Oracle:
         self.memory: dict[Hashable, torch.Tensor] = {}
         self.steps = 0
         self.max_error = 0.0
+        self.group_sizes: list[int] = []  # what each step's cross-attention shared
         self.original = model.decode_step
 
     def row_prefixes(self) -> list[tuple[Hashable, list[int]]]:
@@ -80,6 +81,7 @@ class Oracle:
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, *args: Any) -> torch.Tensor:
         logits = self.original(tokens, positions, cache, *args)  # (N, V)
+        self.group_sizes.append(args[2] if len(args) > 2 else 1)
         rows = self.row_prefixes()
         assert len(rows) == tokens.shape[0]
         assert [prefix[-1] for _, prefix in rows] == tokens.tolist(), "each row's input is its last token"
@@ -199,6 +201,9 @@ def test_a_leaving_text_is_replaced_by_the_last_one_so_the_others_keep_their_row
         if len(moves) == 1 and "d" not in results:
             assert [(g.group_id, g.start) for g in decoder._groups][:3] == [("d", 0), ("b", 2), ("c", 4)]
     assert moves[0] == ([6, 7], [0, 1])  # only d's cross-attention rows moved
+    # Texts of two beams each: cross-attention read each text's K/V once for its two beams, and the
+    # oracle found the same logits as the no-cache decoder at every one of those steps.
+    assert oracle.group_sizes and set(oracle.group_sizes) == {2}
     monkeypatch.undo()
     for group_id in "bcd":  # and the oracle checked every step against the no-cache decoder
         assert [h.token_ids for h in results[group_id]] == [h.token_ids for h in _solo(model, sources[group_id],
