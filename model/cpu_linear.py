@@ -14,6 +14,8 @@ import logging
 import torch
 from torch import nn
 
+from .transformer import MarianTransformer
+
 log = logging.getLogger(__name__)
 
 # oneDNN picks its blocking for this many rows; any other row count works, this one is the decoder's
@@ -72,3 +74,14 @@ def pack_linears(model: nn.Module) -> int:
     for parent, name, child in targets:
         setattr(parent, name, packed[id(child)])
     return len(targets)
+
+
+def fold_logits_bias(model: MarianTransformer) -> bool:
+    """Make a packed output layer add ``final_logits_bias`` itself, inside its matmul: one pass over the
+    (rows x vocabulary) logits less per decoder step. True when folded."""
+    head = model.lm_head
+    if not isinstance(head, PackedLinear) or head.bias is not None:
+        return False
+    head.bias = model.final_logits_bias[0].clone()
+    model.logits_bias_in_head = True
+    return True

@@ -138,16 +138,9 @@ class BatchDecoder:
         source_length = max(g.source_length for g in self._groups)
         logits = self.model.decode_step(tokens, positions, self.cache, target_length, source_length, self._group_size())
         logprobs = torch.log_softmax(logits, dim=-1)  # (N, V)
-        min_lengths, max_lengths = self._length_limits()
-        constrain(
-            logprobs,
-            positions,
-            min_lengths,
-            max_lengths,
-            pad_id=self.pad_id,
-            eos_id=self.eos_id,
-            forced_eos=self.forced_eos,
-        )
+        no_eos_rows, forced_eos_rows = self._length_constraints()
+        constrain(logprobs, pad_id=self.pad_id, eos_id=self.eos_id, no_eos_rows=no_eos_rows,
+                  forced_eos_rows=forced_eos_rows)
         return self._advance(logprobs)
 
     def _group_size(self) -> int:
@@ -155,14 +148,19 @@ class BatchDecoder:
         sizes = {g.search.rows for g in self._groups}
         return sizes.pop() if len(sizes) == 1 else 1
 
-    def _length_limits(self) -> tuple[torch.Tensor, torch.Tensor]:
-        mins: list[int] = []
-        maxs: list[int] = []
+    def _length_constraints(self) -> tuple[list[int], list[int]]:
+        """Rows that may not end yet (before min_length) and rows that must end now (at max_length, on
+        forced-EOS models): per text, since a text's rows share their position."""
+        no_eos: list[int] = []
+        forced: list[int] = []
         for group in self._groups:
-            rows = group.search.rows
-            mins += [group.options.min_length] * rows
-            maxs += [group.options.max_length] * rows
-        return torch.tensor(mins, device=self.device), torch.tensor(maxs, device=self.device)
+            position = self._positions[group.start]
+            rows = range(group.start, group.start + group.search.rows)
+            if position < group.options.min_length:
+                no_eos += rows
+            if self.forced_eos and position + 1 == group.options.max_length:
+                forced += rows
+        return no_eos, forced
 
     def _advance(self, logprobs: torch.Tensor) -> list[GroupEvent]:
         events: list[GroupEvent] = []
@@ -171,8 +169,10 @@ class BatchDecoder:
         greedy = [g for g in self._groups if isinstance(g.search, GreedySearch)]
         greedy_choice: dict[int, tuple[int, float]] = {}
         if greedy:
-            rows = torch.tensor([g.start for g in greedy], device=self.device)
-            best, best_tokens = logprobs[rows].max(dim=-1)
+            if len(greedy) == logprobs.shape[0]:  # every row is a greedy text's, in row order
+                best, best_tokens = logprobs.max(dim=-1)
+            else:
+                best, best_tokens = logprobs[torch.tensor([g.start for g in greedy], device=self.device)].max(dim=-1)
             for group, token, value in zip(greedy, best_tokens.tolist(), best.tolist(), strict=True):
                 greedy_choice[id(group)] = (token, value)
         beam_choice = self._beam_candidates(logprobs)
@@ -209,13 +209,16 @@ class BatchDecoder:
         result: dict[int, tuple[list[float], list[int]]] = {}
         vocab_size = logprobs.shape[-1]
         for beams, groups in by_size.items():
-            rows = torch.tensor([g.start + b for g in groups for b in range(beams)], device=self.device)
+            row_list = [g.start + b for g in groups for b in range(beams)]
             running = torch.tensor(
                 [g.search.running_scores for g in groups], dtype=torch.float32, device=self.device
             )  # (G, K)
-            totals = (logprobs[rows].view(len(groups), beams, vocab_size) + running[:, :, None]).view(
-                len(groups), beams * vocab_size
-            )  # (G, K*V)
+            if len(row_list) == logprobs.shape[0]:  # every row is a beam of these texts, in row order
+                totals = logprobs.view(len(groups), beams, vocab_size).add_(running[:, :, None])
+            else:
+                rows = torch.tensor(row_list, device=self.device)
+                totals = logprobs[rows].view(len(groups), beams, vocab_size) + running[:, :, None]
+            totals = totals.view(len(groups), beams * vocab_size)  # (G, K*V)
             scores, flat = totals.topk(2 * beams, dim=-1)
             for group, group_scores, group_flat in zip(groups, scores.tolist(), flat.tolist(), strict=True):
                 result[id(group)] = (group_scores, group_flat)

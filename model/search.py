@@ -17,7 +17,7 @@ hypotheses are finished (Transformers' ``early_stopping=True``).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,25 +101,26 @@ class Hypothesis:
 
 def constrain(
     logprobs: torch.Tensor,
-    positions: torch.Tensor,
-    min_lengths: torch.Tensor,
-    max_lengths: torch.Tensor,
     *,
     pad_id: int,
     eos_id: int,
-    forced_eos: bool,
+    no_eos_rows: Sequence[int] = (),
+    forced_eos_rows: Sequence[int] = (),
 ) -> None:
-    """In place on log-probs (N, V): pad is never generated, no ``</s>`` before min_length, ``</s>`` at max_length.
+    """In place on log-probs (N, V): pad is never generated, no ``</s>`` in `no_eos_rows` (before
+    min_length), nothing but ``</s>`` in `forced_eos_rows` (at max_length on forced-EOS models).
 
-    Applied after log_softmax, without renormalising, as Transformers' logits processors do in beam search.
+    The rows are worked out on the host from each text's position and limits, so this reads nothing back
+    from the device. Applied after log_softmax, without renormalising, as Transformers' logits processors
+    do in beam search.
     """
     logprobs[:, pad_id] = -math.inf
-    logprobs[positions < min_lengths, eos_id] = -math.inf
-    if forced_eos:
-        forced = positions + 1 == max_lengths
-        if bool(forced.any()):
-            logprobs[forced] = -math.inf
-            logprobs[forced, eos_id] = 0.0
+    if no_eos_rows:
+        logprobs[torch.tensor(no_eos_rows, device=logprobs.device), eos_id] = -math.inf
+    if forced_eos_rows:
+        rows = torch.tensor(forced_eos_rows, device=logprobs.device)
+        logprobs[rows] = -math.inf
+        logprobs[rows, eos_id] = 0.0
 
 
 class GreedySearch:

@@ -75,6 +75,8 @@ class MarianTransformer(nn.Module):
             "positions", sinusoidal_positions(config.max_position_embeddings, d_model), persistent=False
         )
         self.embed_scale = embedding_scale(d_model, config.scale_embedding)
+        #: Inference packing can move final_logits_bias into lm_head's own bias (cpu_linear.fold_logits_bias).
+        self.logits_bias_in_head = False
 
     # -- pieces shared by both paths --------------------------------------------------------------
 
@@ -83,7 +85,10 @@ class MarianTransformer(nn.Module):
         return F.dropout(x, self.config.dropout, self.training)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return (self.lm_head(hidden) + self.final_logits_bias).float()
+        logits = self.lm_head(hidden)
+        if not self.logits_bias_in_head:
+            logits = logits + self.final_logits_bias
+        return logits.float()
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids (B, S), attention_mask (B, S) True at real tokens → encoder output (B, S, d)."""

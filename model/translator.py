@@ -21,7 +21,7 @@ import torch
 
 from .checkpoint import load_model
 from .config import MarianConfig
-from .cpu_linear import pack_linears
+from .cpu_linear import fold_logits_bias, pack_linears
 from .generation import BatchDecoder
 from .search import Hypothesis, SearchOptions, asks_for_sampling
 from .tokenizer import MarianTokenizer
@@ -90,8 +90,8 @@ class Translator:
         _, model = load_model(path, device=device, dtype=dtype)
         defaults = generation_defaults(path, model.config.max_position_embeddings)
         translator = cls(model, tokenizer, path=path, defaults=defaults, **kwargs)
-        if pack:
-            pack_linears(model)
+        if pack and pack_linears(model):
+            fold_logits_bias(model)
         translator.load_seconds = time.perf_counter() - started
         return translator
 

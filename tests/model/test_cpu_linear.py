@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mtserve.model.checkpoint import load_model
-from mtserve.model.cpu_linear import PackedLinear, can_pack, pack_linears
+from mtserve.model.cpu_linear import PackedLinear, can_pack, fold_logits_bias, pack_linears
 from mtserve.model.search import SearchOptions
 from mtserve.model.translator import Translator
 
@@ -54,3 +54,22 @@ def test_packed_translator_gives_the_same_tokens(make_marian: Any, helpers: Any,
         ours = [h[0].token_ids for h in packed.generate(sources, options)]
         reference = [h[0].token_ids for h in plain.generate(sources, options)]
         assert ours == reference
+
+
+def test_folding_final_logits_bias_into_the_packed_output_layer_keeps_the_logits(
+    make_marian: Any, tmp_path: Path
+) -> None:
+    model_dir, _ = make_marian(tmp_path, init_std=0.5)
+    _, plain = load_model(model_dir, device="cpu", dtype="float32")
+    _, packed = load_model(model_dir, device="cpu", dtype="float32")
+    bias = torch.randn_like(plain.final_logits_bias)  # OPUS-MT models have a non-zero one
+    plain.final_logits_bias.copy_(bias)
+    packed.final_logits_bias.copy_(bias)
+    assert not fold_logits_bias(packed)  # nothing to fold into before packing
+    pack_linears(packed)
+    assert fold_logits_bias(packed) and packed.logits_bias_in_head
+    assert not fold_logits_bias(packed)  # and only once
+    ids = torch.tensor([[5, 9, 12, 2, 0], [7, 3, 0, 0, 0]])
+    mask, decoder_ids = ids != 0, torch.tensor([[0, 4, 8], [0, 6, 6]])
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(ids, mask, decoder_ids), plain(ids, mask, decoder_ids), atol=1e-4, rtol=1e-5)
