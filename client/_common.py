@@ -153,6 +153,7 @@ def result_from_pb(result: pb2.TranslationResult, model: str) -> TranslationResu
         input_tokens=result.input_tokens,
         output_tokens=result.output_tokens,
         model=model,
+        max_length_reached=result.max_length_reached,
     )
 
 

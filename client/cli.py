@@ -91,6 +91,9 @@ def _translate_lines(
             future, size = in_flight.popleft()
             for result in future.result():
                 out.write("\n".join(_format(result, number, nbest)) + "\n")
+                if result.max_length_reached:
+                    print(f"mtserve translate: line {number + 1} reached max_length and may be cut short "
+                          "(raise --max-length)", file=sys.stderr)
                 number += 1
             out.flush()
             if progress is not None:

@@ -38,6 +38,8 @@ class TranslationResult:
     input_tokens: int
     output_tokens: int
     model: str
+    #: The best translation reached the request's max_length and may be cut short.
+    max_length_reached: bool = False
 
     @property
     def score(self) -> float | None:

@@ -96,7 +96,10 @@ class Hypothesis:
 
     token_ids: list[int]
     score: float
-    stopped_by_length: bool = False
+    stopped_by_length: bool = False  # ended without </s>
+    # The output is max_length tokens long, </s> included: decoding stopped at the limit, or may have (a
+    # forced-EOS model, as OPUS-MT models are, is made to end with </s> there). Clients are told.
+    max_length_reached: bool = False
 
 
 def constrain(
@@ -144,7 +147,8 @@ class GreedySearch:
     def hypotheses(self) -> list[Hypothesis]:
         length = min(len(self.tokens) + 1, self.options.max_length)
         stopped = len(self.tokens) >= self.options.max_length
-        return [Hypothesis(list(self.tokens), self.logprob / length**self.options.length_penalty, stopped)]
+        score = self.logprob / length**self.options.length_penalty
+        return [Hypothesis(list(self.tokens), score, stopped, length >= self.options.max_length)]
 
 
 class SamplingSearch:
@@ -195,7 +199,7 @@ class SamplingSearch:
                 stopped = token != eos_id
                 total = min(length + 1, self.options.max_length)
                 score = self.logprobs[hyp] / total**self.options.length_penalty
-                self.done[hyp] = Hypothesis(list(self.tokens[hyp]), score, stopped)
+                self.done[hyp] = Hypothesis(list(self.tokens[hyp]), score, stopped, total >= self.options.max_length)
             else:
                 keep.append(row)
         self.active = [self.active[row] for row in keep]
@@ -213,7 +217,7 @@ class BeamSearch:
     options: SearchOptions
     running_tokens: list[list[int]] = field(default_factory=list)
     running_scores: list[float] = field(default_factory=list)
-    finished: list[tuple[float, list[int], bool]] = field(default_factory=list)
+    finished: list[tuple[float, list[int], bool, bool]] = field(default_factory=list)  # + stopped, at max
     improvable: bool = True
 
     def __post_init__(self) -> None:
@@ -244,7 +248,7 @@ class BeamSearch:
                 if rank < beams and self.improvable and score > -math.inf:
                     normalised = score / length**self.options.length_penalty
                     ended = self.running_tokens[beam] + ([] if token == eos_id else [token])
-                    self._add_finished(normalised, ended, stopped=token != eos_id)
+                    self._add_finished(normalised, ended, stopped=token != eos_id, at_max=at_max)
             elif len(sources) < beams:
                 sources.append(beam)
                 tokens.append(token)
@@ -260,10 +264,10 @@ class BeamSearch:
             self.improvable = best_possible > self.finished[-1][0]
         return not self.improvable, sources, tokens
 
-    def _add_finished(self, score: float, tokens: list[int], stopped: bool) -> None:
-        self.finished.append((score, tokens, stopped))
+    def _add_finished(self, score: float, tokens: list[int], stopped: bool, at_max: bool) -> None:
+        self.finished.append((score, tokens, stopped, at_max))
         self.finished.sort(key=lambda item: item[0], reverse=True)  # stable: earlier hypotheses win ties
         del self.finished[self.options.beam_size :]
 
     def hypotheses(self) -> list[Hypothesis]:
-        return [Hypothesis(list(tokens), score, stopped) for score, tokens, stopped in self.finished]
+        return [Hypothesis(list(tokens), score, stopped, at_max) for score, tokens, stopped, at_max in self.finished]

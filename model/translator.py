@@ -33,6 +33,7 @@ class TranslationHypothesis:
     text: str
     token_ids: list[int]
     score: float
+    max_length_reached: bool = False
 
 
 @dataclass
@@ -44,6 +45,8 @@ class Translation:
     score: float
     hypotheses: list[TranslationHypothesis] = field(default_factory=list)
     input_tokens: int = 0
+    #: The translation is max_length tokens long: decoding stopped at the limit (see search.Hypothesis).
+    max_length_reached: bool = False
 
 
 class Translator:
@@ -146,12 +149,13 @@ class Translator:
         results = [Translation("", [], 0.0) for _ in texts]
         for index, source, hypotheses in zip(indices, sources, outputs, strict=True):
             nbest = [
-                TranslationHypothesis(self.tokenizer.decode(h.token_ids), h.token_ids, h.score)
+                TranslationHypothesis(self.tokenizer.decode(h.token_ids), h.token_ids, h.score, h.max_length_reached)
                 for h in hypotheses[: search.num_hypotheses]
             ]
             best = nbest[0]
             results[index] = Translation(
-                best.text, best.token_ids, best.score, nbest if search.num_hypotheses > 1 else [], len(source)
+                best.text, best.token_ids, best.score, nbest if search.num_hypotheses > 1 else [], len(source),
+                best.max_length_reached,
             )
         return results
 

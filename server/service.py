@@ -303,13 +303,15 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             joined = join([decode(h.token_ids) for h in chosen], text.segments)
             score = sum(h.score for h in chosen) / len(chosen)
             tokens = sum(_output_tokens(h) for h in chosen)
-            hypothesis = pb2.Hypothesis(text=joined, output_tokens=tokens)
+            reached = any(h.max_length_reached for h in chosen)
+            hypothesis = pb2.Hypothesis(text=joined, output_tokens=tokens, max_length_reached=reached)
             if call.return_scores:
                 hypothesis.score = score
             hypotheses.append(hypothesis)
         best = hypotheses[0]
         result.text = best.text
         result.output_tokens = best.output_tokens
+        result.max_length_reached = best.max_length_reached
         if call.return_scores:
             result.score = best.score
         if call.options.num_hypotheses > 1:

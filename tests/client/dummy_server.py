@@ -36,6 +36,8 @@ class DummyServicer(pb2_grpc.TranslationServiceServicer):
                                        input_tokens=len(text.split()) + 1, output_tokens=len(text.split()) + 1)
         if options.return_scores:
             result.score = -0.5
+        # Like the real server: a translation as long as max_length is flagged as possibly cut short.
+        result.max_length_reached = options.HasField("max_length") and result.output_tokens >= options.max_length
         if n > 1:
             for k in range(n):
                 h = pb2.Hypothesis(text=fake_translation(text) + ("" if k == 0 else f" #{k}"), output_tokens=k + 1)

@@ -75,6 +75,13 @@ def test_translate_round_trip(server):
     assert results[0].score is None
 
 
+def test_translate_reports_translations_cut_at_max_length(server):
+    with TranslationClient(server.address) as client:
+        short, long = client.translate(["a b", "a b c d e"], max_length=4)
+        assert client.translate("a b c d e")[0].max_length_reached is False
+    assert (short.max_length_reached, long.max_length_reached) == (False, True)
+
+
 def test_translate_sends_options_and_leaves_unset_ones_unset(server):
     with TranslationClient(server.address) as client:
         client.translate("a b", "m1", beam_size=4, seed=0, sampling_topp=0.9, length_penalty=0.0,

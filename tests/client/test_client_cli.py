@@ -51,6 +51,12 @@ def test_translate_early_stopping_flag(server, capsys):
     assert not server.servicer.requests[-1].options.HasField("early_stopping")  # unset: the server's default
 
 
+def test_translate_warns_on_stderr_about_translations_cut_at_max_length(server, capsys):
+    rc, out, err = run(capsys, "translate", "--server", server.address, "--max-length", "4", "a b", "a b c d e")
+    assert rc == 0 and out.splitlines() == ["A B", "A B C D E"]  # stdout stays one translation per line
+    assert err.strip() == "mtserve translate: line 2 reached max_length and may be cut short (raise --max-length)"
+
+
 def test_translate_stdin_lines(server, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("one\ntwo three\n\nfour\n"))
     rc, out, _ = run(capsys, "translate", "--server", server.address)

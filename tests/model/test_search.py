@@ -211,7 +211,7 @@ def test_min_length_is_respected(
     for hyps in _run(eager_to_stop, [(s, options) for s in sources]):
         assert len(hyps[0].token_ids) == 5  # no </s> before 5 tokens, then at once
         assert min(len(h.token_ids) for h in hyps) == 5
-        assert not any(h.stopped_by_length for h in hyps)
+        assert not any(h.stopped_by_length or h.max_length_reached for h in hyps)
 
 
 @pytest.mark.parametrize("search", list(SEARCHES))
@@ -222,7 +222,7 @@ def test_max_length_is_respected(
     for hyps in _run(never_stops, [(s, options) for s in setup[1]]):
         assert len(hyps) == options.num_hypotheses
         for h in hyps:
-            assert len(h.token_ids) == 7 and h.stopped_by_length
+            assert len(h.token_ids) == 7 and h.stopped_by_length and h.max_length_reached
             assert never_stops.config.eos_token_id not in h.token_ids
 
 
@@ -234,6 +234,8 @@ def test_forced_eos_ends_at_max_length(
     options = SearchOptions(max_length=7, **SEARCHES[search])
     for hyps in _run(forced_stop, [(s, options) for s in setup[1]]):
         assert [len(h.token_ids) for h in hyps] == [6] * options.num_hypotheses
+        # It ended with </s>, but only because the limit forced it: the caller is told it was cut.
+        assert all(h.max_length_reached and not h.stopped_by_length for h in hyps)
         assert all(h.score > -1e3 for h in hyps), "</s> is forced with log-probability 0, never sampled at -1e4"
 
 

@@ -43,6 +43,7 @@ def test_translate_matches_offline(stub: Any, offline: Callable[[str], Translato
         assert result.text == want.text
         assert result.input_tokens == want.input_tokens
         assert result.output_tokens == helpers.expected_output_tokens(want, MAX_LENGTH)
+        assert result.max_length_reached == (result.output_tokens == MAX_LENGTH) == want.max_length_reached
         if texts[result.index]:
             assert result.HasField("score")
             assert result.score == pytest.approx(want.score, abs=1e-4)
