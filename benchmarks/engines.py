@@ -39,10 +39,12 @@ class MtserveEngine:
 
     name = "mtserve"
 
-    def __init__(self, model_dir: Path, device: str) -> None:
+    def __init__(self, model_dir: Path, device: str, quantize: str = "none") -> None:
         from mtserve.model import Translator
 
-        self.translator = Translator.load(model_dir, device=device, dtype="float16" if device == "cuda" else "float32")
+        dtype = "float16" if device == "cuda" else "float32"
+        self.translator = Translator.load(model_dir, device=device, dtype=dtype, quantize=quantize)
+        self.name = "mtserve" if quantize == "none" else f"mtserve-{quantize}"
         self.model_dir = model_dir
 
     def generate(
@@ -147,12 +149,15 @@ def _ct2_vocabulary(ct2_dir: Path, side: str) -> list[str]:
     raise FileNotFoundError(f"{ct2_dir}: no CTranslate2 vocabulary file")
 
 
-ENGINES = ("mtserve", "transformers", "ctranslate2")
+ENGINES = ("mtserve", "transformers", "ctranslate2", "mtserve-int8")
+DEFAULT_ENGINES = ENGINES[:3]  # int8 is opt-in: it trades accuracy for speed, the others do not
 
 
 def load_engine(name: str, model_dir: Path, ct2_dir: Path | None, device: str, threads: int) -> Engine:
     if name == "mtserve":
         return MtserveEngine(model_dir, device)
+    if name == "mtserve-int8":
+        return MtserveEngine(model_dir, device, quantize="int8")
     if name == "transformers":
         return TransformersEngine(model_dir, device)
     if name == "ctranslate2":

@@ -45,11 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beams", default="1,4", help="comma-separated beam sizes (1 = greedy)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--quantize", default="none", choices=("none", "int8"),
+                        help="int8: score the model with int8 linear layers (CPU), as mtserve serve --quantize int8")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    translator = Translator.load(args.model, device=args.device)
+    translator = Translator.load(args.model, device=args.device, quantize=args.quantize)
     rows = []
     for split in args.splits.split(","):
         sources, references = read_split(args.data, split)

@@ -23,6 +23,7 @@ from .checkpoint import load_model
 from .config import MarianConfig
 from .cpu_linear import fold_logits_bias, pack_linears
 from .generation import BatchDecoder
+from .quantize import QUANTIZE_MODES, quantize_int8
 from .search import Hypothesis, SearchOptions, asks_for_sampling
 from .tokenizer import MarianTokenizer
 from .transformer import MarianTransformer
@@ -71,6 +72,7 @@ class Translator:
         #: SearchOptions defaults from the model's generation_config.json; explicit options override them.
         self.defaults = {"max_length": self.default_max_length(), **(defaults or {})}
         self._idle_decoder: BatchDecoder | None = None
+        self.quantize = "none"  # "int8" when load() quantized the linear layers
         self._decoder_lock = threading.Lock()
         #: Counted before any inference packing replaces the linear layers' parameters.
         self.num_parameters = model.num_parameters()
@@ -83,18 +85,25 @@ class Translator:
         dtype: str | torch.dtype = "auto",
         *,
         pack: bool = True,
+        quantize: str = "none",
         **kwargs: Any,
     ) -> Translator:
         """Load a Marian directory. `pack`: on a float32 CPU model, pre-pack the linear layers for
-        oneDNN (see cpu_linear.py; same results up to float rounding, about twice as fast)."""
+        oneDNN (see cpu_linear.py; same results up to float rounding, about twice as fast).
+        `quantize="int8"`: int8 linear layers instead (see quantize.py; faster still, less accurate)."""
+        if quantize not in QUANTIZE_MODES:
+            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
         started = time.perf_counter()
         path = Path(path)
         tokenizer = MarianTokenizer.from_dir(path)
         _, model = load_model(path, device=device, dtype=dtype)
         defaults = generation_defaults(path, model.config.max_position_embeddings)
         translator = cls(model, tokenizer, path=path, defaults=defaults, **kwargs)
-        if pack and pack_linears(model):
+        if quantize == "int8":
+            quantize_int8(model)
+        elif pack and pack_linears(model):
             fold_logits_bias(model)
+        translator.quantize = quantize
         translator.load_seconds = time.perf_counter() - started
         return translator
 

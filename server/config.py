@@ -19,6 +19,7 @@ from typing import Any
 ENV_PREFIX = "MTSERVE_"
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+QUANTIZE_MODES = ("none", "int8")  # as model/quantize.py; repeated so that the config needs no torch import
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # gRPC's default receive limit; raised when the configured texts could be larger (UTF-8: <= 4 bytes/char).
@@ -61,6 +62,7 @@ class ServerConfig:
     metrics_port: int | None = 9090  # 0: any free port; None: no /metrics endpoint
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    quantize: str = "none"  # none | int8 (CPU only: int8 linear layers, faster and slightly less accurate)
     # torch intra-op threads (None: torch's default, one per core). On a CPU shared with other work,
     # fewer threads than cores avoid oversubscription, which slows small decoder steps many times over.
     threads: int | None = None
@@ -110,6 +112,8 @@ class ServerConfig:
             raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.quantize not in QUANTIZE_MODES:
+            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {self.quantize!r}")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise ValueError(f"threads must be an integer >= 1, got {self.threads!r}")
@@ -224,6 +228,7 @@ _FLAGS = (
     _Flag("metrics_port", _metrics_port, "Prometheus /metrics HTTP port (0: any free port; off: none)", "PORT"),
     _Flag("device", str, "auto, cpu, cuda, cuda:N or mps"),
     _Flag("dtype", str, "auto, float32, float16 or bfloat16"),
+    _Flag("quantize", str, "none, or int8: int8 linear layers on the CPU (faster, slightly less accurate)"),
     _Flag("threads", int, "torch CPU threads (default: one per core)", "N"),
     _Flag("max_batch_size", int, "KV-cache rows per model: beams and samples of all running texts", "N"),
     _Flag("max_batch_tokens", int, "new source tokens admitted per decoding step", "N"),

@@ -84,7 +84,7 @@ class ModelRegistry:
 
     def _load_one(self, spec: ModelSpec, *, is_default: bool) -> ServedModel:
         config = self.config
-        translator = Translator.load(spec.path, device=config.device, dtype=config.dtype)
+        translator = Translator.load(spec.path, device=config.device, dtype=config.dtype, quantize=config.quantize)
         # Warm-up: the first step pays for allocator and kernel initialisation, not the first caller.
         translator.translate(["Warm-up."], max_length=4)
         runner = Runner(translator, config.max_batch_size)
@@ -112,6 +112,7 @@ class ModelRegistry:
             "target_language": model.target_language,
             "device": str(model.translator.device),
             "dtype": str(model.translator.dtype).removeprefix("torch."),
+            "quantize": model.translator.quantize,
             "d_model": str(config.d_model),
             "encoder_layers": str(config.encoder_layers),
             "decoder_layers": str(config.decoder_layers),

@@ -67,6 +67,7 @@ def test_model_spec_parsing():
         ({"port": 9000, "metrics_port": 9000}, "metrics_port 9000 must differ from port 9000"),
         ({"device": "gpu"}, "device must be auto, cpu, mps, cuda or cuda:N, got 'gpu'"),
         ({"dtype": "fp8"}, "dtype must be one of auto, float32, float16, bfloat16, got 'fp8'"),
+        ({"quantize": "int4"}, "quantize must be one of none, int8, got 'int4'"),
         ({"max_batch_size": 0}, "max_batch_size must be an integer >= 1, got 0"),
         ({"max_queue": 2.5}, "max_queue must be an integer >= 1, got 2.5"),
         ({"grace_seconds": -1}, "grace_seconds must be a number of seconds >= 0, got -1"),
