@@ -1,0 +1,40 @@
+"""Fixtures for the deploy/ tests: the external tools (promtool, nginx, curl) and real processes.
+
+A tool that is missing skips its tests locally and fails them under CI=true, where .ci/run installs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+# This folder is on sys.path (pytest puts a test folder without __init__.py there), as for the test modules.
+from _deploy_support import Nginx, require_tool
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    return require_tool("promtool", "prometheus")
+
+
+@pytest.fixture(scope="session")
+def nginx_binary() -> str:
+    return require_tool("nginx", "nginx")
+
+
+@pytest.fixture()
+def start_nginx(nginx_binary: str, tmp_path: Path) -> Iterator[Callable[[Iterable[str]], Nginx]]:
+    """start(upstream_lines) -> a running nginx with deploy/nginx/mtserve.conf; stopped after the test."""
+    started: list[Nginx] = []
+
+    def start(upstream_lines: Iterable[str]) -> Nginx:
+        nginx = Nginx(nginx_binary, tmp_path / f"nginx-{len(started)}", upstream_lines)
+        started.append(nginx)
+        nginx.start()
+        return nginx
+
+    yield start
+    for nginx in started:
+        nginx.stop()

@@ -1,0 +1,311 @@
+"""deploy/k8s, deploy/docker-compose.yml, deploy/Dockerfile and .dockerignore: every `mtserve serve` setting they
+make is one the server has (read by the server's own parser), and the ports, probes, drain times and names
+that must agree across files do.
+
+No Docker or Kubernetes here: these check the files, not a running cluster or image.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any
+
+import pytest
+import yaml
+from _deploy_support import DEPLOY, REPO, dockerfile_instructions, healthcheck_command, serve_config
+
+from mtserve.proto.api import SERVICE_NAME
+from mtserve.server.config import ServerConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+K8S = DEPLOY / "k8s"
+
+
+def k8s_objects() -> list[dict[str, Any]]:
+    objects = []
+    for path in sorted(K8S.glob("*.yaml")):
+        objects += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return objects
+
+
+def k8s_object(kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [o for o in k8s_objects() if o["kind"] == kind and name in (None, o["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''} in deploy/k8s, found {len(found)}"
+    return found[0]
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+
+
+def mtserve_services() -> dict[str, dict[str, Any]]:
+    """The compose services that run the mtserve image (built from deploy/Dockerfile)."""
+    return {name: service for name, service in compose()["services"].items()
+            if service.get("build", {}).get("dockerfile") == "deploy/Dockerfile"}
+
+
+def seconds(duration: str | int) -> float:
+    """A compose duration ("30s", "1m30s") in seconds."""
+    if isinstance(duration, int):
+        return float(duration)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
+def test_serve_config_refuses_unknown_settings() -> None:
+    """The helper below can fail: an unknown flag, an unknown variable and a bad value are refused."""
+    with pytest.raises(pytest.fail.Exception, match="rejected"):
+        serve_config(["--max-batch", "8"], {}, "test")
+    with pytest.raises(AssertionError, match="MTSERVE_MAX_BATCH"):
+        serve_config([], {"MTSERVE_MAX_BATCH": "8"}, "test")
+    with pytest.raises(pytest.fail.Exception, match="MTSERVE_THREADS"):
+        serve_config([], {"MTSERVE_THREADS": "0"}, "test")
+    assert serve_config(["--threads", "2"], {"MTSERVE_PORT": "50052"}, "test").port == 50052
+
+
+# -- Kubernetes -------------------------------------------------------------------------------------------
+
+
+def container() -> dict[str, Any]:
+    (mtserve,) = k8s_object("Deployment", "mtserve")["spec"]["template"]["spec"]["containers"]
+    return mtserve
+
+
+def container_config() -> ServerConfig:
+    c = container()
+    env = {}
+    for variable in c.get("env", []):
+        assert "value" in variable, f"{variable['name']}: literal values only, so that they can be checked"
+        env[variable["name"]] = variable["value"]
+    return serve_config(c.get("args", []), env, "deploy/k8s Deployment")
+
+
+def test_k8s_objects() -> None:
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in k8s_objects())
+    assert kinds == [("Deployment", "mtserve"), ("PodDisruptionBudget", "mtserve"), ("Service", "mtserve"),
+                     ("Service", "mtserve-headless")]
+    for o in k8s_objects():
+        assert o["apiVersion"] == {"Deployment": "apps/v1", "Service": "v1", "PodDisruptionBudget": "policy/v1"}[
+            o["kind"]
+        ]
+
+
+def test_k8s_settings_are_real_mtserve_settings() -> None:
+    config = container_config()
+    # Settings come from the environment, which the image's `mtserve serve` reads.
+    assert all(v["name"].startswith("MTSERVE_") for v in container()["env"])
+    assert "command" not in container(), "keep the image's ENTRYPOINT (mtserve serve)"
+    # torch threads must not exceed the CPU the pod asks for.
+    cpu = container()["resources"]["requests"]["cpu"]
+    cores = float(cpu[:-1]) / 1000 if str(cpu).endswith("m") else float(cpu)
+    assert config.threads is not None and config.threads <= max(1, cores), (config.threads, cpu)
+    assert container()["resources"]["limits"].get("memory"), "a memory limit bounds a runaway replica"
+
+
+def test_k8s_ports_and_probes_match_the_server() -> None:
+    config = container_config()
+    c = container()
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"grpc": config.port, "metrics": config.metrics_port}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        grpc_probe = c[probe].get("grpc")
+        assert grpc_probe, f"{probe} must be a native gRPC probe (grpc.health.v1.Health)"
+        assert grpc_probe["port"] == config.port, probe
+        # The services the server reports health for: "" (the server) and the translation service.
+        assert grpc_probe.get("service", "") in ("", SERVICE_NAME), probe
+    annotations = k8s_object("Deployment", "mtserve")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == config.metrics_port
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_k8s_termination_leaves_time_for_the_drain() -> None:
+    config = container_config()
+    pod = k8s_object("Deployment", "mtserve")["spec"]["template"]["spec"]
+    command = container()["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2, command
+    pre_stop = float(command[1])
+    assert pre_stop > 0
+    # Kubernetes counts preStop inside the grace period; then SIGTERM starts the server's drain, which
+    # takes up to --grace-seconds; SIGKILL comes at the end of the period.
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + config.grace_seconds + 2, (
+        pod["terminationGracePeriodSeconds"], pre_stop, config.grace_seconds)
+
+
+def test_k8s_services_and_budget_select_the_pods() -> None:
+    deployment = k8s_object("Deployment", "mtserve")
+    assert deployment["spec"]["replicas"] == 2
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    port_names = {p["name"] for p in container()["ports"]}
+    headless = k8s_object("Service", "mtserve-headless")
+    assert headless["spec"]["clusterIP"] == "None"  # DNS returns every pod: client-side round_robin
+    regular = k8s_object("Service", "mtserve")
+    assert regular["spec"].get("clusterIP") != "None"
+    for service in (headless, regular):
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in port_names, port
+    assert [p["port"] for p in headless["spec"]["ports"]] == [container_config().port]
+    budget = k8s_object("PodDisruptionBudget", "mtserve")
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert 1 <= budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+
+
+def test_k8s_runs_as_the_image_user() -> None:
+    pod = k8s_object("Deployment", "mtserve")["spec"]["template"]["spec"]
+    users = [args for keyword, args in dockerfile_instructions() if keyword == "USER"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert str(pod["securityContext"]["runAsUser"]) == users[-1]
+
+
+# -- docker compose ---------------------------------------------------------------------------------------
+
+
+def service_config(name: str, service: dict[str, Any]) -> ServerConfig:
+    environment = service.get("environment", {})
+    if isinstance(environment, list):
+        environment = dict(item.split("=", 1) for item in environment)
+    command = service.get("command", [])
+    assert isinstance(command, list), f"{name}: give command as a list"
+    return serve_config(command, environment, f"docker-compose.yml service {name}")
+
+
+def test_compose_runs_two_replicas_with_real_settings() -> None:
+    services = mtserve_services()
+    assert len(services) == 2, sorted(services)
+    for name, service in services.items():
+        config = service_config(name, service)
+        assert {str(config.port), str(config.metrics_port)} <= set(map(str, service.get("expose", []))), name
+        # docker stop waits this long before SIGKILL: the drain must fit.
+        assert seconds(service["stop_grace_period"]) > config.grace_seconds, name
+
+
+def test_compose_nginx_balances_over_the_replicas() -> None:
+    services = compose()["services"]
+    nginx = services["nginx"]
+    mounts = dict(volume.split(":")[:2] for volume in nginx["volumes"])
+    for source in mounts:
+        assert (DEPLOY / source).is_file(), source
+    # mtserve.conf replaces the stock image's server config; its include finds the replica list in the
+    # main config's directory (/etc/nginx).
+    assert mounts["./nginx/mtserve.conf"].startswith("/etc/nginx/conf.d/")
+    include = re.search(r"^\s*include\s+(\S+);", (DEPLOY / "nginx" / "mtserve.conf").read_text(), re.M)
+    assert include and mounts["./nginx/mtserve-upstream.conf"] == f"/etc/nginx/{include.group(1)}"
+    upstream = (DEPLOY / "nginx" / "mtserve-upstream.conf").read_text()
+    servers = re.findall(r"^\s*server\s+(\S+)", upstream, re.M)
+    expected = [f"{name}:{service_config(name, s).port}" for name, s in mtserve_services().items()]
+    assert sorted(servers) == sorted(expected)
+    assert set(nginx["depends_on"]) == set(mtserve_services())
+    listen = re.findall(r"^\s*listen\s+(\d+)\s+http2\s*;", (DEPLOY / "nginx" / "mtserve.conf").read_text(), re.M)
+    assert [f"{port}:{port}" for port in listen] == nginx["ports"]
+
+
+def test_compose_prometheus_scrapes_every_replica() -> None:
+    services = compose()["services"]
+    mounts = dict(volume.split(":")[:2] for volume in services["prometheus"]["volumes"])
+    assert mounts["./prometheus"] == "/etc/prometheus"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "mtserve"]
+    targets = [t for static in job["static_configs"] for t in static["targets"]]
+    expected = [f"{name}:{service_config(name, s).metrics_port}" for name, s in mtserve_services().items()]
+    assert sorted(targets) == sorted(expected)
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+
+
+# -- the image ----------------------------------------------------------------------------------------------
+
+
+def test_dockerfile() -> None:
+    instructions = dockerfile_instructions()
+    keywords = [keyword for keyword, _ in instructions]
+    args = dict(a.split("=", 1) for k, a in instructions if k == "ARG" and "=" in a)
+    assert args["PYTHON_IMAGE"] == "python:3.12-slim"
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert args["TORCH_VERSION"] == "2.13.0"
+    runs = [a for k, a in instructions if k == "RUN"]
+    assert any('--index-url "${TORCH_INDEX_URL}"' in r and '"torch==${TORCH_VERSION}"' in r for r in runs)
+    assert any(re.search(r"\bpip install \.(\s|$)", r) for r in runs)
+    # The torch from the index must be installed before the project, so that pip keeps it.
+    torch_at = next(i for i, (k, a) in enumerate(instructions) if k == "RUN" and "TORCH_INDEX_URL" in a)
+    project_at = next(i for i, (k, a) in enumerate(instructions) if k == "RUN" and "pip install ." in a)
+    assert torch_at < project_at
+    (user,) = [a for k, a in instructions if k == "USER"]
+    assert user not in ("root", "0")
+    assert keywords.index("USER") > keywords.index("FROM", 1)  # in the final stage
+    defaults = ServerConfig()
+    (exposed,) = [a.split() for k, a in instructions if k == "EXPOSE"]
+    assert sorted(map(int, exposed)) == sorted([defaults.port, defaults.metrics_port])
+    (entrypoint,) = [a for k, a in instructions if k == "ENTRYPOINT"]
+    assert entrypoint == '["mtserve", "serve"]'
+    assert "CMD" not in keywords  # no arguments by default: the bundled model
+    assert f"'{defaults.port}'" in healthcheck_command()[-1]  # MTSERVE_PORT's default
+
+
+def test_dockerfile_copies_every_package() -> None:
+    """What `pip install .` needs: pyproject.toml, its readme and every package directory."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    needed = {"pyproject.toml", pyproject["project"]["readme"]}
+    needed |= set(pyproject["tool"]["setuptools"]["package-dir"].values())
+    copied = set()
+    for keyword, arguments in dockerfile_instructions():
+        if keyword == "COPY" and not arguments.startswith("--from"):
+            copied |= set(arguments.split()[:-1])
+    assert needed <= copied, sorted(needed - copied)
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether Docker leaves `path` (relative to the context) out: the last matching pattern decides, and a
+    pattern that matches a parent directory matches what is inside it."""
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        body = pattern[1:] if negated else pattern
+        regex = re.escape(body.strip("/")).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*")
+        regex = regex.replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        if re.fullmatch(rf"{regex}(/.*)?", path):
+            ignored = not negated
+    return ignored
+
+
+def test_dockerignore_keeps_the_package_and_drops_local_state() -> None:
+    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    kept = ["pyproject.toml", "README.md", "model/default/model.safetensors", "model/default/config.json",
+            "model/default/source.spm", "model/data.py", "proto/mtserve/v1/translation.proto", "server/app.py",
+            "client/client.py"]
+    kept += [str(p.relative_to(REPO)) for p in (REPO / "model" / "default").iterdir()]
+    dropped = [".venv/bin/python", "data/de-en/train.tsv", "runs/x/model.safetensors", "benchmarks/.cache/m",
+               ".git/HEAD", "server/__pycache__/app.cpython-311.pyc", ".pytest_cache/v", ".ruff_cache/x",
+               "mtserve.egg-info/PKG-INFO"]
+    assert [p for p in kept if dockerignored(p, patterns)] == []
+    assert [p for p in dropped if not dockerignored(p, patterns)] == []
+
+
+def test_dockerignore_matcher() -> None:
+    """The matcher above follows Docker's rules on the cases the test relies on."""
+    assert dockerignored("data/x", ["data"]) and not dockerignored("model/data.py", ["data"])
+    assert dockerignored("a/b/__pycache__/c.pyc", ["**/__pycache__"])
+    assert not dockerignored("model/default/m.pt", ["**/*.pt", "!model/default/*"])
+    assert dockerignored("runs/m.pt", ["**/*.pt", "!model/default/*"])
+
+
+def test_compose_paths_exist() -> None:
+    services = compose()["services"]
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name}: {source}"
+        build = service.get("build")
+        if build:
+            context = (DEPLOY / build["context"]).resolve()
+            assert context == REPO and (context / build["dockerfile"]).is_file(), build
