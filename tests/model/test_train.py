@@ -368,3 +368,26 @@ def test_a_resumed_ema_run_matches_an_uninterrupted_one(corpus, tmp_path: Path):
     tr.train(plain)
     with pytest.raises(ValueError, match="trained without --ema-decay"):
         tr.train(replace(plain, max_steps=3, ema_decay=0.9))
+
+
+def test_average_writes_the_mean_of_the_weights_and_refuses_other_architectures(corpus, trained, tmp_path: Path):
+    from mtserve.model.average import average_models
+
+    cfg, _ = trained
+    other = tr.train(tiny_config(corpus, tmp_path / "other", seed=11, max_steps=5)).out
+    soup = average_models([cfg.out, other], tmp_path / "soup")
+    a, b, mean = (load_file(p / "model.safetensors") for p in (cfg.out, other, soup))
+    assert a.keys() == mean.keys()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    for key in a:
+        torch.testing.assert_close(mean[key], (a[key] + b[key]) / 2)
+    assert {p.name for p in soup.iterdir()} >= {"config.json", "source.spm", "target.spm", "vocab.json",
+                                                 "generation_config.json"}
+    _, model = load_model(soup, device="cpu")  # a Marian directory that loads, tied weights still tied
+    assert model.lm_head.weight is model.decoder.embed_tokens.weight
+
+    small = tr.train(tiny_config(corpus, tmp_path / "small", d_model=16, max_steps=1)).out
+    with pytest.raises(ValueError, match="describes a different model"):
+        average_models([cfg.out, small], tmp_path / "bad")
+    with pytest.raises(ValueError, match="at least two models"):
+        average_models([cfg.out], tmp_path / "one")
