@@ -7,7 +7,8 @@ exists), each decoding (beam 4, greedy) and each engine: a fresh process loads t
 a few sentences, and decodes all sentences in batches of 32; the rounds of engines are interleaved
 (round 1: A B C, round 2: A B C, ...) so that a machine whose load drifts penalises none of them.
 Reported: target tokens per second of the median round, peak RSS (and GPU memory), and how often the
-engines' outputs are token-identical. Results go to benchmarks/results/<device>-offline.{md,json,png}.
+engines' outputs are token-identical. Results go to benchmarks/results/<device>-offline.{md,json,png}
+(<device>-offline-early-stopping.* with --early-stopping).
 """
 
 from __future__ import annotations
@@ -268,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = render(measurements, device, settings, notes)
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{device.tag}-offline"
+    # The like-for-like run (CTranslate2's stopping rule for everyone) is kept beside the default one.
+    stem = args.out / (f"{device.tag}-offline" + ("-early-stopping" if args.early_stopping else ""))
     stem.with_suffix(".md").write_text(report, encoding="utf-8")
     write_json(stem.with_suffix(".json"), {
         "device": device.__dict__ | {"tag": device.tag}, "settings": settings, "notes": notes,
