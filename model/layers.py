@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import MultiHeadAttention
+from .config import MarianConfig
 from .kv_cache import KVCache
 
 
@@ -78,6 +79,11 @@ class EncoderLayer(_PostNormLayer):
         self.self_attn = MultiHeadAttention(d_model, heads, attn_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(d_model)
 
+    @classmethod
+    def from_config(cls, config: MarianConfig) -> EncoderLayer:
+        return cls(config.d_model, config.encoder_attention_heads, config.encoder_ffn_dim,
+                   config.activation_function, config.dropout, config.attention_dropout, config.activation_dropout)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (B, S, d); mask (B, 1, 1, S), True at real (non-pad) source positions."""
         x = self._residual(x, self.self_attn(x, x, mask), self.self_attn_layer_norm)
@@ -102,6 +108,11 @@ class DecoderLayer(_PostNormLayer):
         self.self_attn_layer_norm = nn.LayerNorm(d_model)
         self.encoder_attn = MultiHeadAttention(d_model, heads, attn_dropout)
         self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
+
+    @classmethod
+    def from_config(cls, config: MarianConfig) -> DecoderLayer:
+        return cls(config.d_model, config.decoder_attention_heads, config.decoder_ffn_dim,
+                   config.activation_function, config.dropout, config.attention_dropout, config.activation_dropout)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
         """The whole target at once, no cache: (B, T, d) over memory (B, S, d)."""

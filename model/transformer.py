@@ -19,36 +19,14 @@ class Encoder(nn.Module):
     def __init__(self, config: MarianConfig, embed_tokens: nn.Embedding) -> None:
         super().__init__()
         self.embed_tokens = embed_tokens
-        self.layers = nn.ModuleList(
-            EncoderLayer(
-                config.d_model,
-                config.encoder_attention_heads,
-                config.encoder_ffn_dim,
-                config.activation_function,
-                config.dropout,
-                config.attention_dropout,
-                config.activation_dropout,
-            )
-            for _ in range(config.encoder_layers)
-        )
+        self.layers = nn.ModuleList(EncoderLayer.from_config(config) for _ in range(config.encoder_layers))
 
 
 class Decoder(nn.Module):
     def __init__(self, config: MarianConfig, embed_tokens: nn.Embedding) -> None:
         super().__init__()
         self.embed_tokens = embed_tokens
-        self.layers = nn.ModuleList(
-            DecoderLayer(
-                config.d_model,
-                config.decoder_attention_heads,
-                config.decoder_ffn_dim,
-                config.activation_function,
-                config.dropout,
-                config.attention_dropout,
-                config.activation_dropout,
-            )
-            for _ in range(config.decoder_layers)
-        )
+        self.layers = nn.ModuleList(DecoderLayer.from_config(config) for _ in range(config.decoder_layers))
 
 
 class MarianTransformer(nn.Module):
