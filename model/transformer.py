@@ -111,13 +111,15 @@ class MarianTransformer(nn.Module):
         `repeats` (P,): how many consecutive rows each text fills (its beams); the projection runs once
         per text and its keys/values are copied, not recomputed, for each beam.
         """
+        count = rows.shape[0]  # known on the host: repeat_interleave need not read `repeats` back (a sync)
         if repeats is not None:
-            source_lengths = source_lengths.repeat_interleave(repeats)
+            source_lengths = source_lengths.repeat_interleave(repeats, output_size=count)
         cache.set_source_length(rows, source_lengths)
         for index, layer in enumerate(self.decoder.layers):
             key, value = layer.encoder_attn.project_kv(memory)  # (P, H, S, D)
             if repeats is not None:
-                key, value = key.repeat_interleave(repeats, dim=0), value.repeat_interleave(repeats, dim=0)
+                key = key.repeat_interleave(repeats, dim=0, output_size=count)  # (N, H, S, D)
+                value = value.repeat_interleave(repeats, dim=0, output_size=count)
             cache.write_cross(index, rows, key, value)
 
     def decode_step(
