@@ -147,7 +147,7 @@ class KVCache:
         """Cross-attention rows `destinations` become copies of rows `sources` (texts moving to other rows),
         their first `source_length` positions; other rows stay as they are.
 
-        Apart from the rest: beams of one text share their cross-attention rows, so a beam reorder moves
+        Separate from gather: beams of one text share their cross-attention rows, so a beam reorder moves
         none, and compaction moves only the texts that change place. index_select, not advanced indexing:
         contiguous copies, 2x faster on the CPU; all rows are read before any is written (they may overlap).
         """
