@@ -54,3 +54,15 @@ def test_serving_quick_tiny(tmp_path: Path) -> None:
     assert [(p["config"], p["concurrency"], p["ok"]) for p in data["points"]] == [
         ("batched", 32, 32), ("max-batch-size 1", 32, 32)]
     assert "throughput batched / max-batch-size 1" in (tmp_path / "cpu-1threads-serving-quick.md").read_text()
+
+
+def test_step_against_the_bandwidth_floor(tmp_path: Path) -> None:
+    done = _run("benchmarks.step", "--models", "default", "--steps", "5", "--threads", "1", "--cpu",
+                "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((tmp_path / "cpu-1threads-step.json").read_text())
+    [result] = data["results"]
+    assert result["model"] == "default" and data["bandwidth"] > 0
+    # Weights read per step: at least the output projection (8,000 x 256 float32) and below the whole model.
+    assert 8000 * 256 * 4 < result["bytes"] < result["parameters"] * 4
+    assert 0 < result["floor"] < result["decode_step"] <= result["batch_decoder_step"] * 1.5

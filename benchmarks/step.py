@@ -1,0 +1,173 @@
+"""One decoder step at batch 1 against its memory-bandwidth floor (issue 5's GPU target; the CPU too).
+
+    python -m benchmarks.step [--models base default] [--threads N] [--cpu] [--position 16]
+
+At batch 1 a decoder step reads every weight it uses once (self-attention q/k/v/out, cross-attention
+q/out, the feed-forward layers, the norms and the output projection over the whole vocabulary) and
+few other bytes (this text's cached keys/values). No implementation can take less than
+``bytes read / memory bandwidth``. The harness measures the device's bandwidth (a large copy, bytes
+read plus written), counts the bytes, and times
+
+- ``decode_step``: the model's cached step alone (what CUDA graphs or torch.compile would capture), and
+- ``BatchDecoder.step``: the whole step a server runs (log-softmax, search, bookkeeping),
+
+each the median of ``--steps`` runs at one position after a warm-up. Results go to
+benchmarks/results/<device>-step.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    RESULTS,
+    default_threads,
+    detect_device,
+    git_revision,
+    load_sentences,
+    markdown_table,
+    set_torch_threads,
+    write_json,
+)
+from .models import default_model, random_model, resolve_vocab
+
+log = logging.getLogger("benchmarks.step")
+
+
+def bandwidth(device: str, megabytes: int = 512, repeats: int = 5) -> float:
+    """Bytes per second of a large copy on `device`, counting what is read and what is written."""
+    import torch
+
+    src = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(repeats + 1):
+        times.append(_timed(lambda: dst.copy_(src), device))
+    return 2 * src.numel() * 4 / statistics.median(times[1:])
+
+
+def step_bytes(config: Any, element_size: int, source_length: int, position: int) -> int:
+    """Bytes one batch-1 decoder step must read: the weights it uses and this text's cached K/V.
+
+    Counted from the architecture, so that packed or quantized layers (whose weights are not module
+    parameters) count the same as plain ones.
+    """
+    d, ffn = config.d_model, config.decoder_ffn_dim
+    per_layer = (
+        4 * d * d + 4 * d  # self-attention q, k, v, out
+        + 2 * d * d + 2 * d  # cross-attention q, out (its k, v are projected once per text, at admission)
+        + 2 * d * ffn + ffn + d  # feed-forward
+        + 3 * 2 * d  # three layer norms
+    )
+    output = config.target_vocab_size * (d + 1)  # the output projection and final_logits_bias
+    cache = 2 * (position + 1 + source_length) * d  # this text's keys and values, per layer
+    return element_size * (config.decoder_layers * (per_layer + cache) + output)
+
+
+def _timed(fn: Callable[[], Any], device: str) -> float:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def measure(model_dir: Path, device: str, source_length: int, position: int, steps: int) -> dict[str, float]:
+    """Median seconds of decode_step and of BatchDecoder.step for one text at `position`."""
+    import torch
+
+    from mtserve.model import Translator
+    from mtserve.model.generation import BatchDecoder
+    from mtserve.model.search import SearchOptions
+
+    translator = Translator.load(model_dir, device=device, dtype="float16" if device == "cuda" else "float32")
+    model = translator.model
+    config = model.config
+    source = [5 + i % 100 for i in range(source_length - 1)] + [config.eos_token_id]
+    decoder = BatchDecoder(model, 1)
+    # min_length keeps the text running up to the position measured (the model may want to stop earlier).
+    decoder.add("text", source, SearchOptions(max_length=position + steps + 8, min_length=position + steps + 4))
+    for _ in range(position):
+        decoder.step()
+    tokens = torch.tensor([decoder._tokens[0]], device=device)
+    positions = torch.tensor([position], device=device)
+    with torch.inference_mode():
+        def one_step() -> None:  # rewrites the same cache position each time: the same work every run
+            model.decode_step(tokens, positions, decoder.cache, position + 1, source_length)
+
+        for _ in range(5):
+            one_step()
+        model_times = [_timed(one_step, device) for _ in range(steps)]
+    # The whole step moves on one position each time; a few positions apart cost the same.
+    full_times = [_timed(decoder.step, device) for _ in range(steps)]
+    return {
+        "decode_step": statistics.median(model_times),
+        "batch_decoder_step": statistics.median(full_times),
+        "bytes": float(step_bytes(config, model.dtype.itemsize, source_length, position)),
+        "parameters": translator.num_parameters,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.step", description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["base", "default"], choices=["base", "default"])
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--cpu", action="store_true", help="stay on the CPU even where CUDA is available")
+    p.add_argument("--source-length", type=int, default=20, help="source tokens of the text (%(default)s)")
+    p.add_argument("--position", type=int, default=16, help="target position measured (%(default)s)")
+    p.add_argument("--steps", type=int, default=200, help="timed steps; the median counts (%(default)s)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (%(default)s)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    threads = args.threads or default_threads()
+    set_torch_threads(threads)
+    device = detect_device(threads, cpu_only=args.cpu)
+    rate = bandwidth(device.kind)
+    log.info("measured bandwidth: %.1f GB/s", rate / 1e9)
+    specs = []
+    if "base" in args.models:  # the offline benchmark's random base model (built and calibrated once, cached)
+        from mtserve.model.tokenizer import MarianTokenizer
+
+        vocab_dir, _ = resolve_vocab()
+        texts, _ = load_sentences(32)
+        specs.append(random_model(MarianTokenizer.from_dir(vocab_dir).encode_batch(texts), "base"))
+    if "default" in args.models and (spec := default_model()) is not None:
+        specs.append(spec)
+    rows, results = [], []
+    for spec in specs:
+        m = measure(spec.path, device.kind, args.source_length, args.position, args.steps)
+        floor = m["bytes"] / rate
+        results.append({"model": spec.name, **m, "floor": floor})
+        rows.append([spec.name, f"{m['parameters'] / 1e6:.1f}M", f"{m['bytes'] / 2**20:.1f}",
+                     f"{floor * 1e3:.3f}", f"{m['decode_step'] * 1e3:.3f}", f"{m['decode_step'] / floor:.1f}×",
+                     f"{m['batch_decoder_step'] * 1e3:.3f}", f"{m['batch_decoder_step'] / floor:.1f}×"])
+    table = markdown_table(["model", "parameters", "MiB read per step", "floor ms", "decode_step ms",
+                            "× floor", "whole step ms", "× floor"], rows)
+    report = "\n".join([
+        f"# Batch-1 decoder step vs the memory-bandwidth floor ({device.tag})", "",
+        f"Device: {device.line()}", "",
+        f"Settings: code {git_revision()}, source {args.source_length} tokens, position {args.position}, "
+        f"median of {args.steps} steps; measured bandwidth {rate / 1e9:.1f} GB/s (copy, read + write)", "",
+        table, "",
+        "Issue 5's GPU target: the batch-1 step within 3× of its floor.", ""])
+    print(report)
+    stem = args.out / f"{device.tag}-step"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".md").write_text(report, encoding="utf-8")
+    write_json(stem.with_suffix(".json"), {"device": device.line(), "bandwidth": rate, "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
