@@ -40,30 +40,11 @@ def sinusoidal_positions(num_positions: int, dim: int) -> torch.Tensor:
 
 
 class _PostNormLayer(nn.Module):
-    """What encoder and decoder layers share: the feed-forward block (fc1 → act → fc2) and post-norm residuals.
+    """What encoder and decoder layers share: self-attention, the feed-forward block (fc1 → act → fc2)
+    and post-norm residuals.
 
-    fc1/fc2 sit directly on the layer so that parameter names equal Transformers' Marian state dict.
+    The modules sit directly on the layer so that parameter names equal Transformers' Marian state dict.
     """
-
-    def __init__(self, d_model: int, ffn_dim: int, act: str, dropout: float, act_dropout: float) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(d_model, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, d_model)
-        self.act = activation(act)
-        self.final_layer_norm = nn.LayerNorm(d_model)
-        self.dropout = dropout
-        self.activation_dropout = act_dropout
-
-    def _residual(self, x: torch.Tensor, update: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-        return norm(x + F.dropout(update, self.dropout, self.training))
-
-    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = F.dropout(self.act(self.fc1(x)), self.activation_dropout, self.training)
-        return self._residual(x, self.fc2(hidden), self.final_layer_norm)
-
-
-class EncoderLayer(_PostNormLayer):
-    """Self-attention + FFN, each followed by residual and LayerNorm (post-norm)."""
 
     def __init__(
         self,
@@ -75,9 +56,26 @@ class EncoderLayer(_PostNormLayer):
         attn_dropout: float,
         act_dropout: float,
     ) -> None:
-        super().__init__(d_model, ffn_dim, act, dropout, act_dropout)
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, d_model)
+        self.act = activation(act)
+        self.final_layer_norm = nn.LayerNorm(d_model)
+        self.dropout = dropout
+        self.activation_dropout = act_dropout
         self.self_attn = MultiHeadAttention(d_model, heads, attn_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(d_model)
+
+    def _residual(self, x: torch.Tensor, update: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        return norm(x + F.dropout(update, self.dropout, self.training))
+
+    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.dropout(self.act(self.fc1(x)), self.activation_dropout, self.training)
+        return self._residual(x, self.fc2(hidden), self.final_layer_norm)
+
+
+class EncoderLayer(_PostNormLayer):
+    """Self-attention + FFN, each followed by residual and LayerNorm (post-norm)."""
 
     @classmethod
     def from_config(cls, config: MarianConfig) -> EncoderLayer:
@@ -103,9 +101,7 @@ class DecoderLayer(_PostNormLayer):
         attn_dropout: float,
         act_dropout: float,
     ) -> None:
-        super().__init__(d_model, ffn_dim, act, dropout, act_dropout)
-        self.self_attn = MultiHeadAttention(d_model, heads, attn_dropout)
-        self.self_attn_layer_norm = nn.LayerNorm(d_model)
+        super().__init__(d_model, heads, ffn_dim, act, dropout, attn_dropout, act_dropout)
         self.encoder_attn = MultiHeadAttention(d_model, heads, attn_dropout)
         self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
 
