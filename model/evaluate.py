@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .data import read_split
+from .quantize import QUANTIZE_MODES
 from .translator import Translator
 
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beams", default="1,4", help="comma-separated beam sizes (1 = greedy)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--quantize", default="none", choices=("none", "int8"),
+    parser.add_argument("--quantize", default="none", choices=QUANTIZE_MODES,
                         help="int8: score the model with int8 linear layers (CPU), as mtserve serve --quantize int8")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
