@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mtserve.client.bench import SENTENCES
+
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "benchmarks" / ".cache"
 RESULTS = REPO / "benchmarks" / "results"
@@ -20,40 +22,8 @@ DEFAULT_MODEL = REPO / "model" / "default"
 DATA = REPO / "data" / "de-en"
 
 # Used when data/de-en is absent (a fresh clone without the training data): varied lengths, cycled.
-BUILTIN_GERMAN = (
-    "Guten Morgen!",
-    "Wie spät ist es?",
-    "Das Wetter ist heute schön.",
-    "Wo ist der Bahnhof?",
-    "Ich hätte gern eine Tasse Kaffee, bitte.",
-    "Vielen Dank für Ihre Hilfe.",
-    "Die Besprechung wurde auf Donnerstagnachmittag verschoben.",
-    "Bitte schicken Sie mir den Bericht bis Ende der Woche.",
-    "Sie wohnt seit mehr als zehn Jahren in dieser Stadt.",
-    "Können Sie mir sagen, wie ich von hier zum Museum komme?",
-    "Die neue Bibliothek wird im nächsten Frühjahr für die Öffentlichkeit geöffnet.",
-    "Auf dem Heimweg müssen wir Brot, Milch und Eier kaufen.",
-    "Er hat seinen Regenschirm vergessen und ist auf dem Weg zur Arbeit nass geworden.",
-    "Der Ausschuss hat den Haushalt nach einer langen Diskussion genehmigt.",
-    "Kinder lernen Sprachen viel schneller als die meisten Erwachsenen.",
-    "Unser Flug hatte wegen des Sturms zwei Stunden Verspätung.",
-    "Das Restaurant an der Ecke serviert die beste Suppe der Stadt.",
-    "Wissenschaftler haben im Regenwald eine neue Froschart entdeckt.",
-    "Wenn Sie Fragen haben, wenden Sie sich bitte an unser Support-Team.",
-    "Das Unternehmen kündigte an, in diesem Jahr zweihundert neue Mitarbeiter einzustellen.",
-    "Nach dem Konzert gingen wir am Fluss entlang und redeten bis Mitternacht.",
-    "Vor dem Schlafengehen zu lesen hilft vielen Menschen, sich zu entspannen.",
-    "Die Regierung plant, mehr Geld in den öffentlichen Verkehr und erneuerbare Energien zu investieren.",
-    "Obwohl es stark regnete, versammelten sich Tausende Menschen auf dem Platz, um zu feiern.",
-    "Die Übersetzung technischer Dokumente erfordert sprachliches Können und Fachwissen.",
-    "Da ist noch nicht alles verloren.",
-    "Die Forschung steht zu sehr im Vordergrund.",
-    "Wie lange dauert die Anreise nach Madrid mit der Bahn?",
-    "Ich kann mich an seinen Namen nicht erinnern.",
-    "Der Zug fährt in zehn Minuten ab.",
-    "Abdichten gegen Wasser",
-    "Wir sehen uns morgen.",
-)
+# The same sample `mtserve bench` sends.
+BUILTIN_GERMAN = SENTENCES
 
 
 def load_sentences(count: int) -> tuple[list[str], str]:
