@@ -40,7 +40,7 @@ class MtserveEngine:
     name = "mtserve"
 
     def __init__(self, model_dir: Path, device: str, quantize: str = "none") -> None:
-        from mtserve.model import Translator
+        from mtserve.engine import Translator
 
         dtype = "float16" if device == "cuda" else "float32"
         self.translator = Translator.load(model_dir, device=device, dtype=dtype, quantize=quantize)
@@ -51,7 +51,7 @@ class MtserveEngine:
         self, sources: Sequence[Ids], beam_size: int, max_length: int, min_length: int, batch_size: int,
         early_stopping: bool = False,
     ) -> list[Ids]:
-        from mtserve.model.search import SearchOptions
+        from mtserve.model.options import SearchOptions
 
         options = SearchOptions(
             beam_size=beam_size, max_length=max_length, min_length=min_length, length_penalty=1.0,

@@ -76,7 +76,7 @@ def resolve_vocab() -> tuple[Path, str]:
 
 def _train_vocab(out: Path) -> Path:
     """8k joint SentencePiece on data/de-en's training text, or on the built-in sample (smaller then)."""
-    from mtserve.model.vocab import train_vocab
+    from mtserve.training.vocab import train_vocab
 
     from .common import BUILTIN_GERMAN, DATA
 
@@ -128,7 +128,7 @@ def _build_random(out: Path, vocab_dir: Path, shape: Shape, sources: Sequence[Se
     import torch
     from transformers import MarianConfig, MarianMTModel
 
-    from mtserve.model.vocab import copy_vocab
+    from mtserve.training.vocab import copy_vocab
 
     if out.exists():
         shutil.rmtree(out)

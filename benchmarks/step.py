@@ -9,7 +9,7 @@ few other bytes (this text's cached keys/values). No implementation can take les
 read plus written), counts the bytes, and times
 
 - ``decode_step``: the model's cached step alone (what CUDA graphs or torch.compile would capture), and
-- ``BatchDecoder.step``: the whole step a server runs (log-softmax, search, bookkeeping),
+- ``EngineCore.step``: the whole step a server runs (scheduling, log-softmax, search, bookkeeping),
 
 each the median of ``--steps`` runs at one position after a warm-up. Results go to
 benchmarks/results/<device>-step.{md,json}.
@@ -83,36 +83,40 @@ def _timed(fn: Callable[[], Any], device: str) -> float:
 
 
 def measure(model_dir: Path, device: str, source_length: int, position: int, steps: int) -> dict[str, float]:
-    """Median seconds of decode_step and of BatchDecoder.step for one text at `position`."""
+    """Median seconds of decode_step and of EngineCore.step for one text at `position`."""
     import torch
 
-    from mtserve.model import Translator
-    from mtserve.model.generation import BatchDecoder
-    from mtserve.model.search import SearchOptions
+    from mtserve.engine import Translator
+    from mtserve.engine.batch import NewText
+    from mtserve.engine.core import EngineCore
+    from mtserve.engine.scheduler import Request, Text
+    from mtserve.model.options import SearchOptions
 
     translator = Translator.load(model_dir, device=device, dtype="float16" if device == "cuda" else "float32")
     model = translator.model
     config = model.config
     source = [5 + i % 100 for i in range(source_length - 1)] + [config.eos_token_id]
-    decoder = BatchDecoder(model, 1)
+    core = EngineCore(model, max_rows=1, max_batch_tokens=source_length, max_queue=1, name="step")
     # min_length keeps the text running up to the position measured (the model may want to stop earlier).
-    decoder.add("text", source, SearchOptions(max_length=position + steps + 8, min_length=position + steps + 4))
+    options = SearchOptions(max_length=position + steps + 8, min_length=position + steps + 4)
+    core.submit(Request("text", [Text("text", 1, len(source), options.max_length, work=NewText(source, options))],
+                        arrival_time=0.0))
     for _ in range(position):
-        decoder.step()
-    tokens = torch.tensor([decoder._tokens[0]], device=device)
+        core.step()
+    tokens = torch.tensor([core.batch.slots[0].search.prefixes()[0][-1]], device=device)
     positions = torch.tensor([position], device=device)
     with torch.inference_mode():
         def one_step() -> None:  # rewrites the same cache position each time: the same work every run
-            model.decode_step(tokens, positions, decoder.cache, position + 1, source_length)
+            model.decode_step(tokens, positions, core.batch.cache, position + 1, source_length)
 
         for _ in range(5):
             one_step()
         model_times = [_timed(one_step, device) for _ in range(steps)]
     # The whole step moves on one position each time; a few positions apart cost the same.
-    full_times = [_timed(decoder.step, device) for _ in range(steps)]
+    full_times = [_timed(core.step, device) for _ in range(steps)]
     return {
         "decode_step": statistics.median(model_times),
-        "batch_decoder_step": statistics.median(full_times),
+        "engine_step": statistics.median(full_times),
         "bytes": float(step_bytes(config, model.dtype.itemsize, source_length, position)),
         "parameters": translator.num_parameters,
     }
@@ -151,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append({"model": spec.name, **m, "floor": floor})
         rows.append([spec.name, f"{m['parameters'] / 1e6:.1f}M", f"{m['bytes'] / 2**20:.1f}",
                      f"{floor * 1e3:.3f}", f"{m['decode_step'] * 1e3:.3f}", f"{m['decode_step'] / floor:.1f}×",
-                     f"{m['batch_decoder_step'] * 1e3:.3f}", f"{m['batch_decoder_step'] / floor:.1f}×"])
+                     f"{m['engine_step'] * 1e3:.3f}", f"{m['engine_step'] / floor:.1f}×"])
     table = markdown_table(["model", "parameters", "MiB read per step", "floor ms", "decode_step ms",
                             "× floor", "whole step ms", "× floor"], rows)
     report = "\n".join([

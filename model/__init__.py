@@ -1,21 +1,5 @@
-"""mtserve.model: the Marian encoder-decoder network, its KV cache, tokenizer, checkpoints and search.
+"""mtserve.model: the network (Marian and its relatives), its KV cache, search, tokenizer and checkpoints.
 
-``Translator`` is imported lazily so that ``import mtserve.model.data`` and friends stay light.
+Nothing here knows about requests or serving: the engine core (mtserve.engine) drives these pieces, and
+the offline ``Translator`` lives there too (``from mtserve.engine import Translator``).
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .translator import Translation, Translator
-
-__all__ = ["Translation", "Translator"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from . import translator
-
-        return getattr(translator, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -104,26 +104,36 @@ class KVCache:
         self.source_length[rows] = lengths
 
     def append(
-        self, layer: int, positions: torch.Tensor, key: torch.Tensor, value: torch.Tensor, length: int
+        self,
+        layer: int,
+        positions: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        length: int,
+        first_row: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write one step's K/V (N, H, 1, D) at each row's position (N,) and return the rows' K/V so far.
+        """Write one step's K/V (N, H, 1, D) of rows ``first_row ..`` at each row's position (N,) and return
+        those rows' K/V so far.
 
         `length` is max(positions) + 1, known on the host so that no device value is read here.
         """
         count = positions.shape[0]
-        rows = torch.arange(count, device=positions.device)
+        rows = torch.arange(first_row, first_row + count, device=positions.device)
         # Advanced indices on dims 0 and 2 of (R, H, T, D) select (N, H, D).
         self.self_k[layer][rows, :, positions] = key[:, :, 0]
         self.self_v[layer][rows, :, positions] = value[:, :, 0]
-        return self.self_k[layer, :count, :, :length], self.self_v[layer, :count, :, :length]  # (N, H, T, D)
+        block = slice(first_row, first_row + count)
+        return self.self_k[layer, block, :, :length], self.self_v[layer, block, :, :length]  # (N, H, T, D)
 
-    def cross(self, layer: int, count: int, length: int, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-attention K/V of the first `count` rows, up to `length` source positions: (N, H, S, D).
+    def cross(
+        self, layer: int, count: int, length: int, group_size: int = 1, first_row: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention K/V of `count` rows from `first_row`, up to `length` source positions: (N, H, S, D).
 
-        With `group_size` k > 1 (texts of k rows each, aligned at multiples of k), one row per text:
-        (N/k, H, S, D), a strided view, since a text's rows hold the same cross-attention K/V.
+        With `group_size` k > 1 (texts of k rows each, aligned at multiples of k from `first_row`), one row
+        per text: (N/k, H, S, D), a strided view, since a text's rows hold the same cross-attention K/V.
         """
-        rows = slice(0, count, group_size)
+        rows = slice(first_row, first_row + count, group_size)
         return self.cross_k[layer, rows, :, :length], self.cross_v[layer, rows, :, :length]
 
     # -- moving rows ------------------------------------------------------------------------------
@@ -158,15 +168,21 @@ class KVCache:
                 view.index_copy_(0, destinations, torch.index_select(view, 0, sources))
 
     def masks(
-        self, positions: torch.Tensor, target_length: int, source_length: int, group_size: int = 1
+        self,
+        positions: torch.Tensor,
+        target_length: int,
+        source_length: int,
+        group_size: int = 1,
+        first_row: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Boolean attention masks for one step of the first N rows: self (N,1,1,T) and cross (N,1,1,S),
-        or (N/k,1,1,S) for texts of `group_size` k rows (see :meth:`cross`)."""
+        """Boolean attention masks for one step of N rows from `first_row`: self (N,1,1,T) and cross
+        (N,1,1,S), or (N/k,1,1,S) for texts of `group_size` k rows (see :meth:`cross`)."""
         count = positions.shape[0]
         steps = torch.arange(target_length, device=positions.device)
         self_mask = steps[None, :] <= positions[:, None]  # (N, T)
         sources = torch.arange(source_length, device=positions.device)
-        cross_mask = sources[None, :] < self.source_length[:count:group_size, None]  # (N/k, S)
+        lengths = self.source_length[first_row : first_row + count : group_size]
+        cross_mask = sources[None, :] < lengths[:, None]  # (N/k, S)
         return self_mask[:, None, None, :], cross_mask[:, None, None, :]
 
     def nbytes(self) -> int:

@@ -126,13 +126,15 @@ class DecoderLayer(_PostNormLayer):
         cross_mask: torch.Tensor,
         target_length: int,
         group_size: int = 1,
+        first_row: int = 0,
     ) -> torch.Tensor:
-        """One new token per row: x (N, 1, d); keys/values come from and go to `cache`. With `group_size`
-        k > 1, every k consecutive rows are one text's beams and share its cross-attention K/V."""
+        """One new token per row: x (N, 1, d) for cache rows ``first_row ..``; keys/values come from and go
+        to `cache`. With `group_size` k > 1, every k consecutive rows are one text's beams and share its
+        cross-attention K/V."""
         key, value = self.self_attn.project_kv(x)  # (N, H, 1, D)
-        key, value = cache.append(layer, positions, key, value, target_length)
+        key, value = cache.append(layer, positions, key, value, target_length, first_row)
         x = self._residual(x, self.self_attn.attend(x, key, value, self_mask), self.self_attn_layer_norm)
-        cross_key, cross_value = cache.cross(layer, x.shape[0], cross_mask.shape[-1], group_size)
+        cross_key, cross_value = cache.cross(layer, x.shape[0], cross_mask.shape[-1], group_size, first_row)
         if group_size > 1:  # (N, 1, d) as (N/k, k, d): the k beams are k queries against one text
             rows, _, width = x.shape
             grouped = x.view(rows // group_size, group_size, width)

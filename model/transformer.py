@@ -130,18 +130,20 @@ class MarianTransformer(nn.Module):
         target_length: int,
         source_length: int,
         group_size: int = 1,
+        first_row: int = 0,
     ) -> torch.Tensor:
-        """One token for each of the first N cache rows → next-token logits (N, V) float32.
+        """One token for each of N cache rows from `first_row` → next-token logits (N, V) float32.
 
         tokens, positions: (N,). target_length = max(positions) + 1 and source_length = the longest source
         among these rows, both known on the host so the step needs no device-to-host read. group_size k > 1
         says the rows are texts of k rows each (beams): cross-attention then reads each text's keys and
-        values once for its k queries instead of once per row.
+        values once for its k queries instead of once per row. A block of rows other than the first
+        (`first_row` > 0) lets a step run in parts (engine/core.py retries a failed step that way).
         """
         x = self._embed(self.decoder.embed_tokens, tokens[:, None], positions[:, None])  # (N, 1, d)
-        self_mask, cross_mask = cache.masks(positions, target_length, source_length, group_size)
+        self_mask, cross_mask = cache.masks(positions, target_length, source_length, group_size, first_row)
         for index, layer in enumerate(self.decoder.layers):
-            x = layer.step(x, cache, index, positions, self_mask, cross_mask, target_length, group_size)
+            x = layer.step(x, cache, index, positions, self_mask, cross_mask, target_length, group_size, first_row)
         return self._logits(x[:, 0])
 
     @property

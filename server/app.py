@@ -25,6 +25,11 @@ from .service import TranslationService
 
 log = logging.getLogger(__name__)
 
+
+def model_health_name(model: str) -> str:
+    """The grpc.health.v1 service name of one model: NOT_SERVING when its engine has died."""
+    return f"{SERVICE_NAME}/{model}"
+
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -35,8 +40,9 @@ class MtserveServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.registry = ModelRegistry(config, self.metrics)
+        self.registry = ModelRegistry(config, self.metrics, on_engine_death=self._engine_died)
         self.health = health.aio.HealthServicer()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.grpc = grpc.aio.server(
             interceptors=[MetricsInterceptor(self.metrics)], options=config.grpc_server_options()
         )
@@ -55,12 +61,20 @@ class MtserveServer:
         return self.metrics_server.port if self.metrics_server is not None else None
 
     async def _set_health(self, status: int) -> None:
-        for service in ("", SERVICE_NAME):
+        """The overall status ('' and the service's name), and every loaded model's (model_health_name)."""
+        for service in ("", SERVICE_NAME, *(model_health_name(name) for name in self.registry.models)):
             await self.health.set(service, status)
+
+    def _engine_died(self, name: str) -> None:
+        """From the dying engine's thread: the model, and so the replica, is NOT_SERVING (an orchestrator
+        restarts it; callers go to other replicas)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._set_health(_NOT_SERVING)))
 
     async def start(self) -> None:
         """Open the ports, load and warm up the models, then report SERVING."""
         config = self.config
+        self._loop = asyncio.get_running_loop()
         await self._set_health(_NOT_SERVING)
         self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
         if not self.port:
@@ -85,10 +99,11 @@ class MtserveServer:
         await self.health.enter_graceful_shutdown()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while self.service.active_calls and loop.time() < deadline:
+        while self.service.accepted_calls and loop.time() < deadline:
             await asyncio.sleep(0.02)
         await self.grpc.stop(max(0.0, deadline - loop.time()))
         self.registry.stop()
+        self.service.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
         log.info("stopped")

@@ -18,7 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "translate": ("mtserve.client.cli", "translate_main", "translate text with a running server"),
     "models": ("mtserve.client.cli", "models_main", "list the models a server serves"),
     "bench": ("mtserve.client.bench", "main", "load-test a server (closed loop, like ghz)"),
-    "train": ("mtserve.model.train", "main", "train a model (writes the Marian layout)"),
+    "train": ("mtserve.training.train", "main", "train a model (writes the Marian layout)"),
 }
 
 

@@ -67,7 +67,7 @@ class ServerConfig:
     # fewer threads than cores avoid oversubscription, which slows small decoder steps many times over.
     threads: int | None = None
     # KV-cache rows per model: running texts' beams and samples together (the decoder batch).
-    max_batch_size: int = 64
+    max_batch_rows: int = 64
     # New source tokens admitted per step (the encoder pass of newcomers); one longer text still runs alone.
     max_batch_tokens: int = 8192
     # Texts (sequence groups) waiting per model before calls fail with RESOURCE_EXHAUSTED.
@@ -117,7 +117,7 @@ class ServerConfig:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise ValueError(f"threads must be an integer >= 1, got {self.threads!r}")
-        for name in ("max_batch_size", "max_batch_tokens", "max_queue", "max_texts_per_request",
+        for name in ("max_batch_rows", "max_batch_tokens", "max_queue", "max_texts_per_request",
                      "max_text_chars", "max_beam_size", "max_num_hypotheses", "max_length_limit"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -142,7 +142,7 @@ class ServerConfig:
         return self.models[0].name if self.models else None
 
     # The effective request limits: a flag never promises more than the capacity behind it, so that
-    # e.g. `--max-batch-size 1` works without lowering the other limits too.
+    # e.g. `--max-batch-rows 1` works without lowering the other limits too.
 
     @property
     def texts_per_request_limit(self) -> int:
@@ -152,12 +152,12 @@ class ServerConfig:
     @property
     def beam_size_limit(self) -> int:
         """The largest beam a request may ask for: every beam occupies a KV-cache row."""
-        return min(self.max_beam_size, self.max_batch_size)
+        return min(self.max_beam_size, self.max_batch_rows)
 
     @property
     def num_hypotheses_limit(self) -> int:
         """The largest n-best a request may ask for (sampling gives each hypothesis a row)."""
-        return min(self.max_num_hypotheses, self.max_batch_size)
+        return min(self.max_num_hypotheses, self.max_batch_rows)
 
     def grpc_server_options(self) -> list[tuple[str, int]]:
         """Channel arguments for ``grpc.aio.server(options=...)``."""
@@ -230,7 +230,7 @@ _FLAGS = (
     _Flag("dtype", str, "auto, float32, float16 or bfloat16"),
     _Flag("quantize", str, "none, or int8: int8 linear layers on the CPU (faster, slightly less accurate)"),
     _Flag("threads", int, "torch CPU threads (default: one per core)", "N"),
-    _Flag("max_batch_size", int, "KV-cache rows per model: beams and samples of all running texts", "N"),
+    _Flag("max_batch_rows", int, "KV-cache rows per model: beams and samples of all running texts", "N"),
     _Flag("max_batch_tokens", int, "new source tokens admitted per decoding step", "N"),
     _Flag("max_queue", int, "texts waiting per model before calls fail with RESOURCE_EXHAUSTED", "N"),
     _Flag("max_texts_per_request", int, "most texts in one call", "N"),

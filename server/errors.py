@@ -8,14 +8,18 @@ exception                  gRPC code            ``reason`` (rejection metric)
 =========================  ===================  ==========================
 ValidationError            INVALID_ARGUMENT     invalid_argument
 ModelNotFoundError         INVALID_ARGUMENT     model_not_found
-QueueFullError             RESOURCE_EXHAUSTED   queue_full
+QueueFullError (engine)    RESOURCE_EXHAUSTED   queue_full
 DrainingError              UNAVAILABLE          draining
 NotReadyError              UNAVAILABLE          not_ready
+EngineDeadError (engine)   UNAVAILABLE          engine_stopped
 DeadlineExceededError      DEADLINE_EXCEEDED    deadline
 TimeoutError               DEADLINE_EXCEEDED    deadline
 RequestCancelledError      CANCELLED            cancelled
 anything else              INTERNAL             internal   (traceback logged)
 =========================  ===================  ==========================
+
+The engine core (mtserve.engine) raises plain exceptions that know nothing of gRPC; they are mapped here
+too, so this table is the whole mapping.
 
 An unknown model is INVALID_ARGUMENT, not NOT_FOUND: the name is part of the
 request the caller wrote, the fix is on the caller's side, and the issue lists
@@ -32,6 +36,8 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 import grpc
+
+from mtserve.engine.errors import EngineDeadError, QueueFullError
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +71,6 @@ class ModelNotFoundError(ValidationError):
         self.available = sorted(available)
         served = ", ".join(repr(n) for n in self.available) or "none"
         super().__init__("model", f"unknown model {name!r}; this server serves {served}")
-
-
-class QueueFullError(MtserveError):
-    """The waiting queue has no room for the request; nothing of it was queued."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    reason = "queue_full"
-
-    def __init__(self, needed: int, waiting: int, max_queue: int) -> None:
-        self.needed, self.waiting, self.max_queue = needed, waiting, max_queue
-        super().__init__(
-            f"waiting queue is full: {waiting} of max_queue={max_queue} entries in use, "
-            f"this request needs {needed}; retry later"
-        )
 
 
 class UnavailableError(MtserveError):
@@ -122,6 +114,20 @@ class RequestCancelledError(MtserveError):
         super().__init__(message)
 
 
+# gRPC cancels a handler when its deadline passes on the transport's timer, which can fire a little before
+# the context's time_remaining() reaches 0; a call this close to its deadline ended because of it.
+_DEADLINE_SLACK_SECONDS = 0.05
+
+
+def cancelled_status(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """What a handler cancelled by grpc.aio (asyncio.CancelledError) ended with: its deadline passed, or the
+    client went away."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= _DEADLINE_SLACK_SECONDS:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
 @dataclass(frozen=True)
 class Status:
     """What a failed call returns: the code, the client's message, and a metric ``reason``."""
@@ -131,15 +137,21 @@ class Status:
     reason: str
 
 
-def status_for(exc: BaseException) -> Status:
-    """Map an exception to its gRPC status. Unexpected exceptions are logged with their traceback."""
+def status_for(exc: BaseException, *, request_id: str | None = None) -> Status:
+    """Map an exception to its gRPC status. Unexpected exceptions are logged with their traceback (and the
+    call's request id, when given)."""
     if isinstance(exc, MtserveError):
         return Status(exc.code, str(exc), exc.reason)
+    if isinstance(exc, QueueFullError):
+        return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), "queue_full")
+    if isinstance(exc, EngineDeadError):
+        return Status(grpc.StatusCode.UNAVAILABLE, str(exc), "engine_stopped")
     # Timeouts of awaited work; on Python 3.10 the asyncio and futures ones are not the builtin.
     if isinstance(exc, TimeoutError | asyncio.TimeoutError | concurrent.futures.TimeoutError):
         return Status(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "deadline exceeded", "deadline")
     # A bug: log the traceback here, where it is known, and give the client nothing internal.
-    log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    log.error("internal error%s: %s: %s", f" in request {request_id}" if request_id else "", type(exc).__name__,
+              exc, exc_info=exc)
     return Status(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log",
                   "internal")
 
@@ -157,11 +169,11 @@ __all__ = [
     "ModelNotFoundError",
     "MtserveError",
     "NotReadyError",
-    "QueueFullError",
     "RequestCancelledError",
     "Status",
     "UnavailableError",
     "ValidationError",
     "abort",
+    "cancelled_status",
     "status_for",
 ]

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from .errors import cancelled_status
 from .metrics import Metrics, code_label
 
 
@@ -34,12 +35,8 @@ def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
 
 def _final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> grpc.StatusCode:
     """The status the call ends with, as grpc.aio will send it."""
-    if isinstance(exc, asyncio.CancelledError):
-        # grpc.aio cancels the handler when the client goes away or its deadline passes.
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            return grpc.StatusCode.DEADLINE_EXCEEDED
-        return grpc.StatusCode.CANCELLED
+    if isinstance(exc, asyncio.CancelledError):  # grpc.aio cancels the handler: client gone, or deadline
+        return cancelled_status(context)
     code = context.code()  # set by context.abort / set_code
     if code is not None:
         return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtserve.model.translator import Translator
+from mtserve.engine.core import EngineCore
+from mtserve.engine.errors import EngineDeadError
+from mtserve.engine.translator import Translator
 
 from .config import ModelSpec, ServerConfig
-from .engine import Engine
+from .engine_thread import EngineThread
 from .errors import DrainingError, ModelNotFoundError, NotReadyError
 from .metrics import Metrics
-from .runner import Runner
-from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class ServedModel:
     name: str
     path: Path
     translator: Translator
-    engine: Engine
+    engine: EngineThread
     source_language: str
     target_language: str
     is_default: bool
@@ -65,9 +66,16 @@ class ServedModel:
 class ModelRegistry:
     """Loads the configured models and hands out their engines; knows when the server is ready or draining."""
 
-    def __init__(self, config: ServerConfig, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        metrics: Metrics | None = None,
+        on_engine_death: Callable[[str], None] | None = None,
+    ) -> None:
         self.config = config
         self.metrics = metrics
+        #: Called (from the dying engine's thread) with the model's name when its engine thread dies.
+        self.on_engine_death = on_engine_death
         self.models: dict[str, ServedModel] = {}
         self.default_name: str | None = None
         self.ready = False
@@ -87,9 +95,9 @@ class ModelRegistry:
         translator = Translator.load(spec.path, device=config.device, dtype=config.dtype, quantize=config.quantize)
         # Warm-up: the first step pays for allocator and kernel initialisation, not the first caller.
         translator.translate(["Warm-up."], max_length=4)
-        runner = Runner(translator, config.max_batch_size)
-        scheduler = Scheduler(config.max_batch_size, config.max_batch_tokens, config.max_queue)
-        engine = Engine(spec.name, runner, scheduler, self.metrics)
+        core = EngineCore(translator.model, max_rows=config.max_batch_rows, max_batch_tokens=config.max_batch_tokens,
+                          max_queue=config.max_queue, name=spec.name)
+        engine = EngineThread(spec.name, core, self.metrics, on_death=lambda _: self._engine_died(spec.name))
         engine.start()
         source, target = model_languages(Path(spec.path))
         model = ServedModel(spec.name, Path(spec.path), translator, engine, source, target, is_default)
@@ -119,7 +127,8 @@ class ModelRegistry:
         }
 
     def get(self, name: str) -> ServedModel:
-        """The model a request names ('' = the default); raises for unknown names, draining, not ready."""
+        """The model a request names ('' = the default); raises for unknown names, draining, not ready,
+        and a model whose engine has died (EngineDeadError: UNAVAILABLE, so callers go elsewhere)."""
         if self.draining:
             raise DrainingError()
         if not self.ready:
@@ -127,7 +136,15 @@ class ModelRegistry:
         model = self.models.get(name or self.default_name or "")
         if model is None:
             raise ModelNotFoundError(name, self.models)
+        if model.engine.error is not None:
+            raise EngineDeadError(model.name, model.engine.error)
         return model
+
+    def _engine_died(self, name: str) -> None:
+        if self.metrics is not None:
+            self.metrics.engine_died(name)
+        if self.on_engine_death is not None:
+            self.on_engine_death(name)
 
     def ordered(self) -> list[ServedModel]:
         """The default model first, then the others by name."""

@@ -1,37 +1,59 @@
 """The gRPC service: protobuf in, plain dataclasses to the engine, protobuf out. Protobuf stops here.
 
 Each call: validate (INVALID_ARGUMENT naming the field and the limit) → tokenize, splitting texts
-longer than the model accepts into sentences → submit every sentence as a sequence group to the
-model's engine → await its events on an asyncio queue → detokenize and answer (unary) or stream
-each text's result as it finishes. A call that ends early (client cancel, deadline) cancels its
-groups, so their KV-cache rows are freed at the next step.
+longer than the model accepts into sentences (off the event loop when the request is large) → submit
+the call as one engine request, a text per sentence → await its events on an asyncio queue →
+detokenize and answer (unary) or stream each text's result as it finishes. A call that ends early
+(client cancel, deadline) cancels its request, whose rows the engine frees at its next step.
+
+Every call has a request id (the caller's ``x-request-id`` metadata, or a new one), returned in the
+trailing metadata and named in every log line about the call, and one access-log line when it ends
+(logger ``mtserve.access``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
+import logging
 import math
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from mtserve.model.search import Hypothesis, SearchOptions, asks_for_sampling
-from mtserve.model.translator import merge_defaults
+from mtserve.engine.batch import NewText
+from mtserve.engine.events import FinishReason, TextEvent
+from mtserve.engine.scheduler import Request, Text
+from mtserve.model.options import MAX_LENGTH_PENALTY, SearchOptions, asks_for_sampling, merge_defaults
+from mtserve.model.search import Hypothesis
 from mtserve.proto.api import pb2, pb2_grpc
 
 from .config import ServerConfig
-from .engine import GroupWork, TextEvent
-from .errors import DeadlineExceededError, DrainingError, RequestCancelledError, ValidationError, status_for
+from .errors import (
+    DeadlineExceededError,
+    DrainingError,
+    RequestCancelledError,
+    ValidationError,
+    cancelled_status,
+    status_for,
+)
 from .metrics import Metrics
 from .registry import ModelRegistry, ServedModel
-from .scheduler import AbortReason, SequenceGroup
 from .segment import Segment, SentenceTooLongError, join, segment
 
-_request_ids = itertools.count(1)
+access_log = logging.getLogger("mtserve.access")
+
+# A caller's x-request-id is used as given when it is this short and printable; otherwise a new one.
+_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+# Requests with more characters than this are prepared (tokenized, split) off the event loop.
+_INLINE_CHARACTERS = 4096
+_engine_request_ids = itertools.count(1)
 
 
 @dataclass
@@ -58,12 +80,12 @@ class _Text:
 
 @dataclass
 class _Call:
-    request_id: int
+    request_id: str  # the caller's x-request-id, or a new one
     model: ServedModel
     options: SearchOptions
     return_scores: bool
     texts: list[_Text]
-    groups: list[SequenceGroup]
+    request: Request  # what the engine decodes: one text per sentence
     stream_partial: bool
 
 
@@ -71,43 +93,61 @@ def _output_tokens(hypothesis: Hypothesis) -> int:
     return len(hypothesis.token_ids) + (0 if hypothesis.stopped_by_length else 1)
 
 
+@dataclass
+class _Outcome:
+    """What the access log says of a call, filled in as it goes."""
+
+    method: str
+    request_id: str
+    model: str
+    started: float = field(default_factory=time.monotonic)
+    texts: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    accepted: bool = False  # counted in TranslationService.accepted_calls
+
+
 class TranslationService(pb2_grpc.TranslationServiceServicer):
     def __init__(self, registry: ModelRegistry, config: ServerConfig, metrics: Metrics | None = None) -> None:
         self.registry = registry
         self.config = config
         self.metrics = metrics
-        #: Translation calls in progress; draining waits for this to reach 0 before closing the port.
-        self.active_calls = 0
+        #: Calls an engine accepted and has not finished; draining waits for this to reach 0 (calls it is
+        #: rejecting do not count: retrying clients must not keep a drain waiting).
+        self.accepted_calls = 0
+        # Large requests are tokenized and split here, so that the event loop keeps answering meanwhile.
+        self._prepare_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="mtserve-prepare")
+
+    def close(self) -> None:
+        self._prepare_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- RPCs -------------------------------------------------------------------------------------
 
     async def Translate(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started, model_name = time.monotonic(), self._model_label(request.model)
-        self.active_calls += 1
+        outcome = self._begin("Translate", request, context)
         try:
-            call = self._prepare(request, context, stream=False)
-            model_name = call.model.name
-            results = [None] * len(call.texts)
+            call = await self._prepare(request, context, outcome, stream=False)
+            results: list[Any] = [None] * len(call.texts)
             async for text in self._run(call):
                 if isinstance(text, _Text):
-                    results[text.index] = self._result(call, text)
+                    results[text.index] = self._result(call, text, outcome)
             response = pb2.TranslateResponse(results=results, model=call.model.name)
         except BaseException as exc:
-            await self._fail(context, exc, model_name, started)
+            await self._fail(context, exc, outcome)
         finally:
-            self.active_calls -= 1
-        self._observe(model_name, grpc.StatusCode.OK, started)
+            self._leave(outcome)
+        self._end(context, outcome, grpc.StatusCode.OK)
         return response
 
     async def TranslateStream(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        started, model_name = time.monotonic(), self._model_label(request.model)
-        self.active_calls += 1
+        outcome = self._begin("TranslateStream", request, context)
         try:
-            call = self._prepare(request, context, stream=True)
+            call = await self._prepare(request, context, outcome, stream=True)
             model_name = call.model.name
             async for item in self._run(call):
                 if isinstance(item, _Text):
-                    yield pb2.TranslateStreamResponse(model=model_name, result=self._result(call, item))
+                    result = self._result(call, item, outcome)
+                    yield pb2.TranslateStreamResponse(model=model_name, result=result)
                 else:
                     text, tokens = item
                     yield pb2.TranslateStreamResponse(
@@ -117,10 +157,10 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
                         ),
                     )
         except BaseException as exc:
-            await self._fail(context, exc, model_name, started)
+            await self._fail(context, exc, outcome)
         finally:
-            self.active_calls -= 1
-        self._observe(model_name, grpc.StatusCode.OK, started)
+            self._leave(outcome)
+        self._end(context, outcome, grpc.StatusCode.OK)
 
     async def ListModels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if self.registry.draining:  # like every call while draining: go elsewhere (UNAVAILABLE)
@@ -130,7 +170,35 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
 
     # -- preparing a call -------------------------------------------------------------------------
 
-    def _prepare(self, request: Any, context: grpc.aio.ServicerContext, *, stream: bool) -> _Call:
+    def _begin(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> _Outcome:
+        given = dict(context.invocation_metadata() or ()).get("x-request-id", "")
+        request_id = given if isinstance(given, str) and _REQUEST_ID.match(given) else uuid.uuid4().hex
+        context.set_trailing_metadata((("x-request-id", request_id),))
+        return _Outcome(method, request_id, self._model_label(request.model), texts=len(request.texts))
+
+    async def _prepare(
+        self, request: Any, context: grpc.aio.ServicerContext, outcome: _Outcome, *, stream: bool
+    ) -> _Call:
+        """Validate, tokenize and split a request; large ones off the event loop."""
+        if self.registry.draining:
+            raise DrainingError()
+        # Counted from here, so that a drain cannot close the port on a call it has let in.
+        self.accepted_calls += 1
+        outcome.accepted = True
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        if sum(len(text) for text in request.texts) <= _INLINE_CHARACTERS:
+            call = self._build_call(request, outcome.request_id, deadline, stream)
+        else:
+            loop = asyncio.get_running_loop()
+            call = await loop.run_in_executor(
+                self._prepare_pool, self._build_call, request, outcome.request_id, deadline, stream
+            )
+        outcome.model = call.model.name
+        outcome.input_tokens = sum(t.input_tokens for t in call.texts)
+        return call
+
+    def _build_call(self, request: Any, request_id: str, deadline: float | None, stream: bool) -> _Call:
         config = self.config
         texts = list(request.texts)
         if not texts:
@@ -148,7 +216,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             if given and served and given.lower() != served.lower():
                 raise ValidationError(field_name, f"{given!r} does not match model {model.name!r} ({served!r})")
         options = self._search_options(request.options, model)
-        tokenizer, runner = model.translator.tokenizer, model.engine.runner
+        tokenizer, core = model.translator.tokenizer, model.engine.core
         call_texts: list[_Text] = []
         for i, text in enumerate(texts):
             if not text.strip():
@@ -160,31 +228,22 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
                 raise ValidationError(f"texts[{i}]", str(exc)) from None
             for piece in segments:
                 try:
-                    runner.check(piece.source_ids, options)
+                    core.check(piece.source_ids, options)
                 except ValueError as exc:
                     raise ValidationError(f"texts[{i}]", str(exc)) from None
             call_texts.append(_Text(i, segments))
 
-        request_id = next(_request_ids)
-        now = time.monotonic()
-        remaining = context.time_remaining()
-        deadline = now + remaining if remaining is not None else None
-        work_stream = stream and request.partial_results and not options.sampling and options.beam_size == 1
-        groups = [
-            SequenceGroup(
-                group_id=(request_id, text.index, j),
-                slots=options.rows,
-                source_tokens=len(piece.source_ids),
-                arrival_time=now,
-                request_id=request_id,
-                deadline=deadline,
-                payload=GroupWork(piece.source_ids, options, work_stream),
-            )
+        stream_tokens = stream and request.partial_results and options.beam_size == 1 and options.num_hypotheses == 1
+        engine_texts = [
+            Text((text.index, j), options.rows, len(piece.source_ids), options.max_length,
+                 work=NewText(piece.source_ids, options, stream=stream_tokens))
             for text in call_texts
             for j, piece in enumerate(text.segments)
         ]
-        return _Call(request_id, model, options, request.options.return_scores, call_texts, groups, work_stream)
-
+        engine_request = Request(next(_engine_request_ids), engine_texts, arrival_time=time.monotonic(),
+                                 deadline=deadline, label=request_id)
+        return _Call(request_id, model, options, request.options.return_scores, call_texts, engine_request,
+                     stream_tokens)
     def _search_options(self, given: Any, model: ServedModel) -> SearchOptions:
         """Request options over the model's defaults, checked against the server's limits."""
         config = self.config
@@ -205,8 +264,12 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             check_range("max_length", given.max_length, 1, max_length_limit)
             values["max_length"] = given.max_length
         if given.HasField("length_penalty"):
-            if not math.isfinite(given.length_penalty):
-                raise ValidationError("options.length_penalty", f"must be a finite number, got {given.length_penalty}")
+            if not (math.isfinite(given.length_penalty) and abs(given.length_penalty) <= MAX_LENGTH_PENALTY):
+                raise ValidationError(
+                    "options.length_penalty",
+                    f"must be a finite number between {-MAX_LENGTH_PENALTY:g} and {MAX_LENGTH_PENALTY:g}, "
+                    f"got {given.length_penalty}",
+                )
             values["length_penalty"] = given.length_penalty
         if given.HasField("num_hypotheses"):
             check_range("num_hypotheses", given.num_hypotheses, 1, config.num_hypotheses_limit)
@@ -250,46 +313,49 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         for text in call.texts:
             if not text.segments:
                 yield text
-        if not call.groups:
+        request = call.request
+        if not request.texts:
             return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[list[TextEvent]] = asyncio.Queue()
 
-        def sink(events: list[TextEvent]) -> None:  # runs in the engine thread
+        def listen(events: list[TextEvent]) -> None:  # runs in the engine thread
             loop.call_soon_threadsafe(queue.put_nowait, events)
 
+        request.listener = listen
         engine = call.model.engine
-        engine.submit(call.request_id, call.groups, sink)
+        engine.submit(request)
         remaining = sum(1 for t in call.texts if t.segments)
         try:
             while remaining:
                 for event in await queue.get():
-                    _, index, j = event.group_id
+                    index, j = event.text.text_id  # type: ignore[misc]
                     text = call.texts[index]
-                    if event.error is not None:
-                        raise event.error
-                    if event.aborted is not None:
-                        raise (
-                            DeadlineExceededError()
-                            if event.aborted == AbortReason.DEADLINE
-                            else RequestCancelledError()
-                        )
                     if event.new_token_ids:
                         text.partial[j] += event.new_token_ids
-                        yield text, sum(len(p) for p in text.partial)
-                    if event.hypotheses is not None:
+                        if not event.finished:
+                            yield text, sum(len(p) for p in text.partial)
+                    reason = event.finish_reason
+                    if reason is None:
+                        continue
+                    if reason in (FinishReason.FINISHED, FinishReason.MAX_LENGTH):
                         text.hypotheses[j] = event.hypotheses
                         if text.done:
                             remaining -= 1
                             yield text
+                    elif reason is FinishReason.FAILED:
+                        raise event.error or RuntimeError("decoding failed")
+                    elif reason is FinishReason.DEADLINE:
+                        raise DeadlineExceededError()
+                    else:
+                        raise RequestCancelledError()
         finally:
             if remaining:
-                engine.cancel_request(call.request_id)
-            engine.release(call.request_id, call.groups)
+                engine.cancel(request.request_id)
 
     # -- building responses -----------------------------------------------------------------------
 
-    def _result(self, call: _Call, text: _Text) -> Any:
+    def _result(self, call: _Call, text: _Text, outcome: _Outcome) -> Any:
         """A text's result: sentences joined; n-best combines each sentence's i-th hypothesis."""
         result = pb2.TranslationResult(index=text.index, input_tokens=text.input_tokens)
         if not text.segments:
@@ -316,6 +382,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             result.score = best.score
         if call.options.num_hypotheses > 1:
             result.hypotheses.extend(hypotheses)
+        outcome.output_tokens += best.output_tokens
         return result
 
     def _partial(self, call: _Call, text: _Text) -> str:
@@ -352,33 +419,46 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             is_default=model.is_default,
         )
 
-    # -- errors and metrics -----------------------------------------------------------------------
+    # -- errors, metrics and the access log ----------------------------------------------------------
 
-    async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException, model: str, started: float) -> None:
+    async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException, outcome: _Outcome) -> None:
         if isinstance(exc, asyncio.CancelledError):
             # grpc.aio cancels the handler when the client goes away *or* the deadline passes: nobody to
             # answer, but the metrics say which (as the interceptor's grpc_code does).
-            remaining = context.time_remaining()
-            if remaining is not None and remaining <= 0:
-                code, reason = grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceededError.reason
-            else:
-                code, reason = grpc.StatusCode.CANCELLED, RequestCancelledError.reason
+            code = cancelled_status(context)
+            deadline = code == grpc.StatusCode.DEADLINE_EXCEEDED
+            reason = DeadlineExceededError.reason if deadline else RequestCancelledError.reason
             if self.metrics is not None:
-                self.metrics.reject(model, reason)
-            self._observe(model, code, started)
+                self.metrics.reject(outcome.model, reason)
+            self._end(context, outcome, code)
             raise exc
-        status = status_for(exc)
+        status = status_for(exc, request_id=outcome.request_id)
         if self.metrics is not None:
-            self.metrics.reject(model, status.reason)
-        self._observe(model, status.code, started)
-        await context.abort(status.code, status.details)
+            self.metrics.reject(outcome.model, status.reason)
+        self._end(context, outcome, status.code)
+        await context.abort(status.code, status.details, (("x-request-id", outcome.request_id),))
+
+    def _leave(self, outcome: _Outcome) -> None:
+        if outcome.accepted:
+            outcome.accepted = False
+            self.accepted_calls -= 1
+
+    def _end(self, context: grpc.aio.ServicerContext, outcome: _Outcome, code: grpc.StatusCode) -> None:
+        seconds = time.monotonic() - outcome.started
+        if self.metrics is not None:
+            self.metrics.observe_request(outcome.model, code, seconds)
+        access_log.info(
+            "%s model=%s texts=%d input_tokens=%d output_tokens=%d code=%s duration_ms=%.1f request_id=%s",
+            outcome.method, outcome.model or "-", outcome.texts, outcome.input_tokens, outcome.output_tokens,
+            code.name, seconds * 1000, outcome.request_id,
+            extra={"access": {"method": outcome.method, "model": outcome.model, "texts": outcome.texts,
+                              "input_tokens": outcome.input_tokens, "output_tokens": outcome.output_tokens,
+                              "code": code.name, "duration_ms": round(seconds * 1000, 1),
+                              "request_id": outcome.request_id, "peer": context.peer()}},
+        )
 
     def _model_label(self, name: str) -> str:
         """The metrics label of the model a request names: a served model's name, else "" (so an invalid
         request to a served model is counted under that model, and a request's own strings never are)."""
         name = name or self.registry.default_name or ""
         return name if name in self.registry.models else ""
-
-    def _observe(self, model: str, code: grpc.StatusCode, started: float) -> None:
-        if self.metrics is not None:
-            self.metrics.observe_request(model, code, time.monotonic() - started)

@@ -99,7 +99,7 @@ def test_promql_helpers_find_names_labels_and_values() -> None:
     with pytest.raises(AssertionError, match="unknown metrics"):
         check_against_the_server({"typo": "rate(mtserve_request_duration_second_count[5m])"})
     with pytest.raises(AssertionError, match="labels"):
-        check_against_the_server({"label": "sum by (reason) (mtserve_requests_waiting)"})
+        check_against_the_server({"label": "sum by (reason) (mtserve_texts_waiting)"})
     with pytest.raises(AssertionError, match="values"):
         check_against_the_server({"value": 'mtserve_request_duration_seconds_count{code="INTERNAL"}'})
 
@@ -182,8 +182,8 @@ def test_dashboard_shows_what_an_operator_needs() -> None:
         "mtserve_generated_tokens_total",
         "mtserve_decoder_batch_size_bucket",
         "mtserve_kv_cache_usage_ratio",
-        "mtserve_requests_running",
-        "mtserve_requests_waiting",
+        "mtserve_texts_running",
+        "mtserve_texts_waiting",
         "mtserve_requests_rejected_total",
         "mtserve_queue_wait_seconds_bucket",
     ]

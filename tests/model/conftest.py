@@ -12,16 +12,15 @@ decision is a near-tie.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
+from _engine_helpers import decode_all, engine_core, run_jobs, submit_text
 
-from mtserve.model.generation import BatchDecoder
-from mtserve.model.search import Hypothesis, SearchOptions
-from mtserve.model.transformer import MarianTransformer
+from mtserve.model.options import SearchOptions
 
 if TYPE_CHECKING:
     from transformers import MarianMTModel
@@ -153,27 +152,6 @@ def random_sources(
     return sources
 
 
-def decode_all(
-    model: MarianTransformer,
-    sources: Sequence[Sequence[int]],
-    options: SearchOptions,
-    *,
-    num_rows: int = 64,
-) -> list[list[Hypothesis]]:
-    """Decode every source with one BatchDecoder, admitting texts in order whenever rows free up."""
-    decoder = BatchDecoder(model, num_rows)
-    waiting: list[Hashable] = list(range(len(sources)))[::-1]
-    results: dict[Hashable, list[Hypothesis]] = {}
-    while waiting or decoder.has_work():
-        while waiting and decoder.free_rows >= options.rows:
-            index = waiting.pop()
-            decoder.add(index, sources[index], options)  # type: ignore[index]
-        for event in decoder.step():
-            if event.hypotheses is not None:
-                results[event.group_id] = event.hypotheses
-    return [results[i] for i in range(len(sources))]
-
-
 def pad_batch(sources: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids (B, S) and their boolean mask (B, S)."""
     longest = max(len(s) for s in sources)
@@ -218,6 +196,9 @@ def helpers() -> Any:
 
     class _Helpers:
         random_sources = staticmethod(random_sources)
+        engine_core = staticmethod(engine_core)
+        submit_text = staticmethod(submit_text)
+        run_jobs = staticmethod(run_jobs)
         decode_all = staticmethod(decode_all)
         pad_batch = staticmethod(pad_batch)
         strip_hf = staticmethod(strip_hf)

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from mtserve.model.checkpoint import load_model
-from mtserve.model.generation import BatchDecoder
-from mtserve.model.search import Hypothesis, SearchOptions
+from mtserve.model.options import SearchOptions
+from mtserve.model.search import Hypothesis
 from mtserve.model.transformer import MarianTransformer
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -51,31 +51,17 @@ def setup(
     return model, sources
 
 
-def _alone(model: MarianTransformer, source: list[int], options: SearchOptions) -> list[Hypothesis]:
-    decoder = BatchDecoder(model, options.rows)
-    decoder.add(0, source, options)
-    while True:
-        for event in decoder.step():
-            if event.hypotheses is not None:
-                return event.hypotheses
+def _alone(model: MarianTransformer, source: list[int], options: SearchOptions, helpers: Any) -> list[Hypothesis]:
+    return helpers.run_jobs(model, [(source, options, 0)])[0]
 
 
 def _staggered(
-    model: MarianTransformer, sources: list[list[int]], options: list[SearchOptions], every: int
+    model: MarianTransformer, sources: list[list[int]], options: list[SearchOptions], every: int, helpers: Any
 ) -> dict[Hashable, list[Hypothesis]]:
     """Text i joins at step i * every (0: all together, one padded encoder batch)."""
-    decoder = BatchDecoder(model, sum(o.rows for o in options))
-    results: dict[Hashable, list[Hypothesis]] = {}
-    step = 0
-    while len(results) < len(sources):
-        for i in range(len(sources)):
-            if i * every == step:
-                decoder.add(i, sources[i], options[i])
-        for event in decoder.step():
-            if event.hypotheses is not None:
-                results[event.group_id] = event.hypotheses
-        step += 1
-    return results
+    results = helpers.run_jobs(model, [(s, o, i * every) for i, (s, o) in enumerate(zip(sources, options,
+                                                                                           strict=True))])
+    return dict(enumerate(results))
 
 
 def _assert_same(batched: list[Hypothesis], alone: list[Hypothesis], label: str) -> None:
@@ -86,23 +72,25 @@ def _assert_same(batched: list[Hypothesis], alone: list[Hypothesis], label: str)
 
 @pytest.mark.parametrize("every", [0, 1, 3], ids=["together", "join-each-step", "join-every-3"])
 @pytest.mark.parametrize("search", list(OPTIONS))
-def test_batched_equals_alone(setup: tuple[MarianTransformer, list[list[int]]], search: str, every: int) -> None:
+def test_batched_equals_alone(
+    setup: tuple[MarianTransformer, list[list[int]]], search: str, every: int, helpers: Any
+) -> None:
     model, sources = setup
     options = OPTIONS[search]
-    batched = _staggered(model, sources, [options] * len(sources), every)
+    batched = _staggered(model, sources, [options] * len(sources), every, helpers)
     lengths = {len(batched[i][0].token_ids) for i in range(len(sources))}
     assert len(lengths) >= 3, "texts should leave the batch at different steps"
     for i, source in enumerate(sources):
-        _assert_same(batched[i], _alone(model, source, options), f"text {i}")
+        _assert_same(batched[i], _alone(model, source, options, helpers), f"text {i}")
 
 
-def test_mixed_searches_in_one_batch(setup: tuple[MarianTransformer, list[list[int]]]) -> None:
+def test_mixed_searches_in_one_batch(setup: tuple[MarianTransformer, list[list[int]]], helpers: Any) -> None:
     """Greedy, beam and sampled texts share the batch (and the steps) without affecting one another."""
     model, sources = setup
     sampled = SearchOptions(num_hypotheses=3, sampling_topk=10, seed=11, max_length=MAX_LENGTH)
     beam2 = SearchOptions(beam_size=2, max_length=MAX_LENGTH, length_penalty=0.7)
     kinds = [OPTIONS["greedy"], OPTIONS["beam4"], sampled, beam2]
     options = [kinds[i % len(kinds)] for i in range(len(sources))]
-    batched = _staggered(model, sources, options, 2)
+    batched = _staggered(model, sources, options, 2, helpers)
     for i, source in enumerate(sources):
-        _assert_same(batched[i], _alone(model, source, options[i]), f"text {i}")
+        _assert_same(batched[i], _alone(model, source, options[i], helpers), f"text {i}")

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 import torch
+from _engine_helpers import run_jobs
 from safetensors.torch import load_file, save_file
 
 from mtserve.model.checkpoint import CheckpointError, load_model, save_model
-from mtserve.model.generation import BatchDecoder
-from mtserve.model.search import SearchOptions
+from mtserve.model.options import SearchOptions
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -195,12 +195,8 @@ def test_half_precision_compute_on_cpu(saved: tuple[Path, Any], batch: tuple[tor
     assert logits.dtype == torch.float32  # the output projection is promoted for log_softmax
     expected = _hf_logits(saved[1], batch)
     assert (logits.argmax(-1) == expected.argmax(-1)).float().mean() > 0.8
-    decoder = BatchDecoder(model, 4)
-    decoder.add("x", batch[0][0].tolist(), SearchOptions(beam_size=2, max_length=6))
-    events = []
-    while decoder.has_work():
-        events += decoder.step()
-    assert events[-1].hypotheses and len(events[-1].hypotheses[0].token_ids) <= 6
+    [hypotheses] = run_jobs(model, [(batch[0][0].tolist(), SearchOptions(beam_size=2, max_length=6), 0)])
+    assert hypotheses and len(hypotheses[0].token_ids) <= 6
 
 
 def test_save_model_round_trips_through_transformers(

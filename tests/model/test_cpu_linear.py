@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from mtserve.engine.translator import Translator
 from mtserve.model.checkpoint import load_model
 from mtserve.model.cpu_linear import PackedLinear, can_pack, fold_logits_bias, pack_linears
-from mtserve.model.search import SearchOptions
-from mtserve.model.translator import Translator
+from mtserve.model.options import SearchOptions
 
 pytestmark = [
     pytest.mark.usefixtures("single_torch_thread"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import mtserve.model
-from mtserve.model import Translator
+from mtserve.engine import Translator
 
 DEFAULT_DIR = Path(mtserve.model.__file__).resolve().parent / "default"
 

@@ -1,6 +1,6 @@
 """The cached decoder equals the plain no-cache decoder at every step, whatever happens to the batch.
 
-A spy around ``MarianTransformer.decode_step`` reconstructs, from the BatchDecoder's search state, the
+A spy around ``MarianTransformer.decode_step`` reconstructs, from the batch's search states, the
 full prefix of every cache row at every step, and compares the cached logits with ``decode_full`` on
 that prefix (the annotated-transformer test oracle). The scenario has texts joining mid-way, a beam
 group cancelled mid-way, beam reordering, and both cache axes growing past their initial 64 positions
@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 import torch
+from _engine_helpers import engine_core, run_jobs, submit_text
 
+from mtserve.engine.core import EngineCore
 from mtserve.model.checkpoint import load_model
-from mtserve.model.generation import BatchDecoder
 from mtserve.model.kv_cache import KVCache
-from mtserve.model.search import BeamSearch, GreedySearch, Hypothesis, SamplingSearch, SearchOptions
+from mtserve.model.options import SearchOptions
+from mtserve.model.search import Hypothesis
 from mtserve.model.transformer import MarianTransformer
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -46,9 +48,9 @@ def _sources(model: MarianTransformer, lengths: list[int], seed: int) -> list[li
 class Oracle:
     """Wraps ``model.decode_step``: checks each step's logits against ``decode_full`` on the rows' prefixes."""
 
-    def __init__(self, model: MarianTransformer, decoder: BatchDecoder, sources: dict[Hashable, list[int]]) -> None:
+    def __init__(self, model: MarianTransformer, core: EngineCore, sources: dict[Hashable, list[int]]) -> None:
         self.model = model
-        self.decoder = decoder
+        self.core = core
         self.sources = sources
         self.memory: dict[Hashable, torch.Tensor] = {}
         self.steps = 0
@@ -60,17 +62,9 @@ class Oracle:
         """(group, start token + tokens so far) of every cache row, in row order, from the search states."""
         start = self.model.config.decoder_start_token_id
         rows: list[tuple[Hashable, list[int]]] = []
-        for group in self.decoder._groups:
-            search = group.search
-            assert group.start == len(rows), "groups must occupy contiguous rows in order"
-            if isinstance(search, GreedySearch):
-                tokens = [search.tokens]
-            elif isinstance(search, BeamSearch):
-                tokens = search.running_tokens
-            else:
-                assert isinstance(search, SamplingSearch)
-                tokens = [search.tokens[h] for h in search.active]
-            rows += [(group.group_id, [start, *t]) for t in tokens]
+        for slot in self.core.batch.slots:
+            assert slot.start == len(rows), "texts must occupy contiguous rows in order"
+            rows += [(slot.key.text_id, [start, *tokens]) for tokens in slot.search.prefixes()]
         return rows
 
     def encoded(self, group_id: Hashable) -> torch.Tensor:
@@ -79,8 +73,11 @@ class Oracle:
             self.memory[group_id] = self.model.encode(ids, torch.ones_like(ids, dtype=torch.bool))[0]  # (S, d)
         return self.memory[group_id]
 
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, *args: Any) -> torch.Tensor:
-        logits = self.original(tokens, positions, cache, *args)  # (N, V)
+    def __call__(
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        logits = self.original(tokens, positions, cache, *args, **kwargs)  # (N, V)
+        assert kwargs.get("first_row", 0) == 0, "the oracle checks whole steps"
         self.group_sizes.append(args[2] if len(args) > 2 else 1)
         rows = self.row_prefixes()
         assert len(rows) == tokens.shape[0]
@@ -106,12 +103,13 @@ class Oracle:
 
 
 def _solo(model: MarianTransformer, source: list[int], options: SearchOptions) -> list[Hypothesis]:
-    decoder = BatchDecoder(model, options.rows)
-    decoder.add("solo", source, options)
-    while True:
-        for event in decoder.step():
-            if event.hypotheses is not None:
-                return event.hypotheses
+    return run_jobs(model, [(source, options, 0)])[0]
+
+
+def _step(core: EngineCore, results: dict[Hashable, list[Hypothesis]]) -> None:
+    for event in core.step().events:
+        if event.hypotheses is not None:
+            results[event.text.text_id] = event.hypotheses
 
 
 def test_cached_steps_equal_full_decoder(model: MarianTransformer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,36 +132,34 @@ def test_cached_steps_equal_full_decoder(model: MarianTransformer, monkeypatch: 
     }
     cancel_at = 6
 
-    decoder = BatchDecoder(model, 16)
-    oracle = Oracle(model, decoder, src)
+    core = engine_core(model, 16)
+    oracle = Oracle(model, core, src)
     monkeypatch.setattr(model, "decode_step", oracle)
     gathers: list[list[int]] = []
-    original_gather = decoder.cache.gather
+    original_gather = core.batch.cache.gather
 
     def gather(sources: torch.Tensor, **kwargs: int) -> None:
         gathers.append(sources.tolist())
         original_gather(sources, **kwargs)
 
-    monkeypatch.setattr(decoder.cache, "gather", gather)
+    monkeypatch.setattr(core.batch.cache, "gather", gather)
 
     results: dict[Hashable, list[Hypothesis]] = {}
     options: dict[Hashable, SearchOptions] = {}
     step = 0
-    while step <= max(plan) or decoder.has_work():
+    while step <= max(plan) or core.has_work():
         for group_id, opts in plan.get(step, []):
-            decoder.add(group_id, src[group_id], opts)
+            submit_text(core, group_id, src[group_id], opts)
             options[group_id] = opts
         if step == cancel_at:
-            decoder.cancel("cancelled")
-        for event in decoder.step():
-            if event.hypotheses is not None:
-                results[event.group_id] = event.hypotheses
+            core.cancel("cancelled")
+        _step(core, results)
         step += 1
 
     assert oracle.steps == step
     assert "cancelled" not in results
     assert set(results) == {"greedy", "beam", "sampled", "long-source"}
-    assert decoder.cache.target_capacity > INITIAL and decoder.cache.source_capacity > INITIAL
+    assert core.batch.cache.target_capacity > INITIAL and core.batch.cache.source_capacity > INITIAL
     assert any(rows != sorted(rows) for rows in gathers), "no beam reordering happened"
     assert max(len(results[g][0].token_ids) for g in results) > INITIAL
     # Nobody was affected by the others joining, leaving or growing the cache.
@@ -178,29 +174,31 @@ def test_a_leaving_text_is_replaced_by_the_last_one_so_the_others_keep_their_row
     model: MarianTransformer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Cancelling the first of four beam-2 texts moves the last text into its rows, not all three down."""
-    decoder = BatchDecoder(model, 8)
+    core = engine_core(model, 8)
     sources = dict(zip("abcd", _sources(model, [5, 7, 6, 4], seed=3), strict=True))
     options = SearchOptions(beam_size=2, max_length=12)
     for group_id, source in sources.items():
-        decoder.add(group_id, source, options)
-    oracle = Oracle(model, decoder, sources)
+        submit_text(core, group_id, source, options)
+    oracle = Oracle(model, core, sources)
     monkeypatch.setattr(model, "decode_step", oracle)
     moves: list[tuple[list[int], list[int]]] = []
-    original = decoder.cache.move_cross
-    monkeypatch.setattr(decoder.cache, "move_cross",
+    original = core.batch.cache.move_cross
+    monkeypatch.setattr(core.batch.cache, "move_cross",
                         lambda s, d, **kw: (moves.append((s.tolist(), d.tolist())), original(s, d, **kw)))
-    decoder.step()
-    decoder.cancel("a")
-    results = {}
-    while decoder.has_work():
-        if not moves:
-            assert [(g.group_id, g.start) for g in decoder._groups] == [("a", 0), ("b", 2), ("c", 4), ("d", 6)]
-        for event in decoder.step():
-            if event.hypotheses is not None:
-                results[event.group_id] = event.hypotheses
-        if len(moves) == 1 and "d" not in results:
-            assert [(g.group_id, g.start) for g in decoder._groups][:3] == [("d", 0), ("b", 2), ("c", 4)]
+
+    def layout() -> list[tuple[Hashable, int]]:
+        return [(slot.key.text_id, slot.start) for slot in core.batch.slots]
+
+    results: dict[Hashable, list[Hypothesis]] = {}
+    _step(core, results)
+    assert layout() == [("a", 0), ("b", 2), ("c", 4), ("d", 6)]
+    core.cancel("a")
+    _step(core, results)  # "a" leaves before the decoder pass; "d" moves into its rows
     assert moves[0] == ([6, 7], [0, 1])  # only d's cross-attention rows moved
+    if "d" not in results:
+        assert layout()[:3] == [("d", 0), ("b", 2), ("c", 4)]
+    while core.has_work():
+        _step(core, results)
     # Texts of two beams each: cross-attention read each text's K/V once for its two beams, and the
     # oracle found the same logits as the no-cache decoder at every one of those steps.
     assert oracle.group_sizes and set(oracle.group_sizes) == {2}
@@ -271,20 +269,22 @@ def test_growth_keeps_contents_and_respects_the_limit() -> None:
 
 def test_oracle_catches_a_broken_cache(model: MarianTransformer, monkeypatch: pytest.MonkeyPatch) -> None:
     """The comparison above can fail: a cache that drops the oldest self-attention entry is caught."""
-    decoder = BatchDecoder(model, 4)
+    core = engine_core(model, 4)
     source = _sources(model, [6], 1)[0]
-    oracle = Oracle(model, decoder, {"g": source})
+    oracle = Oracle(model, core, {"g": source})
     monkeypatch.setattr(model, "decode_step", oracle)
-    original_append = decoder.cache.append
+    original_append = core.batch.cache.append
 
-    def forgetful_append(layer: int, positions: torch.Tensor, key: torch.Tensor, value: torch.Tensor, length: int):
-        k, v = original_append(layer, positions, key, value, length)
+    def forgetful_append(layer: int, positions: torch.Tensor, key: torch.Tensor, value: torch.Tensor, length: int,
+                         first_row: int = 0):
+        k, v = original_append(layer, positions, key, value, length, first_row)
         if length > 2:
             k[:, :, 0] = 0.0
         return k, v
 
-    monkeypatch.setattr(decoder.cache, "append", forgetful_append)
-    decoder.add("g", source, SearchOptions(max_length=8, min_length=7))
-    with pytest.raises(AssertionError, match="step 2"):
-        while decoder.has_work():
-            decoder.step()
+    monkeypatch.setattr(core.batch.cache, "append", forgetful_append)
+    submit_text(core, "g", source, SearchOptions(max_length=8, min_length=7))
+    # The oracle's AssertionError is a fault in the decoder pass: the core fails the text, and says why.
+    events = [event for _ in range(8) for event in core.step().events]
+    assert len(events) == 1 and events[0].error is not None
+    assert isinstance(events[0].error, AssertionError) and "step 2" in str(events[0].error)

@@ -21,7 +21,8 @@ import torch
 
 from mtserve.model.checkpoint import load_model
 from mtserve.model.config import MarianConfig
-from mtserve.model.search import Hypothesis, SearchOptions
+from mtserve.model.options import SearchOptions
+from mtserve.model.search import Hypothesis
 from mtserve.model.transformer import MarianTransformer
 
 NUM_TEXTS = 24

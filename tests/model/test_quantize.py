@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from mtserve.engine.translator import Translator
 from mtserve.model.checkpoint import load_model
 from mtserve.model.quantize import quantize_int8
-from mtserve.model.translator import Translator
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -49,7 +49,7 @@ def test_an_int8_translator_translates_and_says_so(make_marian: Any, helpers: An
     sources = helpers.random_sources(
         16, vocab_size=config.vocab_size, pad_id=config.pad_token_id, eos_id=config.eos_token_id, seed=2
     )
-    from mtserve.model.search import SearchOptions
+    from mtserve.model.options import SearchOptions
 
     options = SearchOptions(beam_size=2, max_length=12)
     ours = [h[0].token_ids for h in int8.generate(sources, options)]

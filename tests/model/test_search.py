@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _engine_helpers import run_jobs
 
+from mtserve.engine import translator as translator_module
+from mtserve.engine.translator import Translator
 from mtserve.model.checkpoint import load_model
-from mtserve.model.generation import BatchDecoder
-from mtserve.model.search import Hypothesis, SearchOptions
+from mtserve.model.options import SearchOptions
+from mtserve.model.search import Hypothesis
 from mtserve.model.transformer import MarianTransformer
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -24,10 +27,17 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({"max_length": 0}, "max_length must be at least 1, got 0"),
     ({"min_length": -1}, r"min_length must be in \[0, max_length=256\), got -1"),
     ({"min_length": 10, "max_length": 10}, r"min_length must be in \[0, max_length=10\), got 10"),
-    ({"length_penalty": math.inf}, "length_penalty must be a finite number, got inf"),
-    ({"length_penalty": math.nan}, "length_penalty must be a finite number, got nan"),
-    ({"sampling_temperature": 0.0}, "sampling_temperature must be > 0, got 0.0"),
-    ({"sampling_temperature": math.nan}, "sampling_temperature must be > 0, got nan"),
+    ({"length_penalty": math.inf}, "length_penalty must be between -10 and 10, got inf"),
+    ({"length_penalty": math.nan}, "length_penalty must be between -10 and 10, got nan"),
+    # Finite but extreme: once raised OverflowError (length ** 1e30) inside a step.
+    ({"length_penalty": 1e30}, r"length_penalty must be between -10 and 10, got 1e\+30"),
+    ({"length_penalty": -10.5}, "length_penalty must be between -10 and 10, got -10.5"),
+    ({"sampling_temperature": 0.0}, "sampling_temperature must be > 0 and finite, got 0.0"),
+    ({"sampling_temperature": math.nan}, "sampling_temperature must be > 0 and finite, got nan"),
+    ({"sampling_temperature": math.inf}, "sampling_temperature must be > 0 and finite, got inf"),
+    ({"sampling_topp": math.nan}, r"sampling_topp must be in \(0, 1\], got nan"),
+    ({"seed": -1}, r"seed must be in \[0, 2\*\*64 - 1\], got -1"),
+    ({"seed": 2**64}, r"seed must be in \[0, 2\*\*64 - 1\], got 18446744073709551616"),
     ({"sampling_topk": -1}, r"sampling_topk must be >= 0 \(0 = no limit\), got -1"),
     ({"sampling_topp": 0.0}, r"sampling_topp must be in \(0, 1\], got 0.0"),
     ({"sampling_topp": 1.5}, r"sampling_topp must be in \(0, 1\], got 1.5"),
@@ -85,18 +95,7 @@ def setup(
 def _run(
     model: MarianTransformer, jobs: list[tuple[list[int], SearchOptions]], join_every: int = 0
 ) -> list[list[Hypothesis]]:
-    decoder = BatchDecoder(model, sum(options.rows for _, options in jobs))
-    results: dict[int, list[Hypothesis]] = {}
-    step = 0
-    while len(results) < len(jobs):
-        for i, (source, options) in enumerate(jobs):
-            if i * join_every == step:
-                decoder.add(i, source, options)
-        for event in decoder.step():
-            if event.hypotheses is not None:
-                results[int(event.group_id)] = event.hypotheses  # type: ignore[call-overload]
-        step += 1
-    return [results[i] for i in range(len(jobs))]
+    return run_jobs(model, [(source, options, i * join_every) for i, (source, options) in enumerate(jobs)])
 
 
 def _tokens(results: list[list[Hypothesis]]) -> list[list[list[int]]]:
@@ -246,8 +245,6 @@ TEXTS = ["The cat eats an apple today.", "", "   ", "Tom sees three books (again
 
 @pytest.mark.parametrize("separate_vocabs", [False, True], ids=["shared-vocab", "separate-vocabs"])
 def test_translator(make_marian: Any, tmp_path: Path, separate_vocabs: bool) -> None:
-    from mtserve.model.translator import Translator
-
     path, _ = make_marian(tmp_path, tokenizer=True, separate_vocabs=separate_vocabs, eos_boost=2.0)
     translator = Translator.load(path, device="cpu")
     assert translator.dtype.is_floating_point and translator.device.type == "cpu"
@@ -281,8 +278,6 @@ def test_translator(make_marian: Any, tmp_path: Path, separate_vocabs: bool) -> 
 
 def test_translator_defaults_yield_to_options(make_marian: Any, tmp_path: Path) -> None:
     """generation_config.json defaults (OPUS-MT ships num_beams) must not break explicit sampling/max_length."""
-    from mtserve.model.translator import Translator
-
     path, _ = make_marian(tmp_path, tokenizer=True, eos_boost=None)
     (path / "generation_config.json").write_text(json.dumps({"num_beams": 4, "max_length": 65, "min_length": 31}))
     translator = Translator.load(path, device="cpu")
@@ -298,17 +293,15 @@ def test_translator_defaults_yield_to_options(make_marian: Any, tmp_path: Path) 
 def test_translator_sizes_the_cache_by_need(
     setup: tuple[MarianTransformer, list[list[int]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mtserve.model import translator as translator_module
-
     model, sources = setup
     sizes: list[int] = []
 
-    class SpyDecoder(BatchDecoder):
-        def __init__(self, model: MarianTransformer, num_rows: int) -> None:
-            sizes.append(num_rows)
-            super().__init__(model, num_rows)
+    class SpyCore(translator_module.EngineCore):
+        def __init__(self, model: MarianTransformer, *, max_rows: int, **kwargs: Any) -> None:
+            sizes.append(max_rows)
+            super().__init__(model, max_rows=max_rows, **kwargs)
 
-    monkeypatch.setattr(translator_module, "BatchDecoder", SpyDecoder)
+    monkeypatch.setattr(translator_module, "EngineCore", SpyCore)
     translator = translator_module.Translator(model, tokenizer=None, max_batch_rows=16)  # type: ignore[arg-type]
     beam = SearchOptions(beam_size=3, max_length=5)
     assert len(translator.generate(sources[:2], beam)) == 2

@@ -30,14 +30,14 @@ import grpc
 import pytest
 import torch
 
+from mtserve.engine.translator import Translation, Translator
 from mtserve.model.checkpoint import save_model
 from mtserve.model.config import MarianConfig
 from mtserve.model.tokenizer import MarianTokenizer
 from mtserve.model.transformer import MarianTransformer
-from mtserve.model.translator import Translation, Translator
 from mtserve.server.app import MtserveServer
 from mtserve.server.config import ServerConfig
-from mtserve.server.engine import Engine
+from mtserve.server.engine_thread import EngineThread
 
 T = TypeVar("T")
 
@@ -214,7 +214,7 @@ class ServerThread:
     def address(self) -> str:
         return f"127.0.0.1:{self.server.port}"
 
-    def engine(self, model: str) -> Engine:
+    def engine(self, model: str) -> EngineThread:
         return self.server.registry.models[model].engine
 
     def stop(self, grace: float = 5.0) -> None:
@@ -250,7 +250,7 @@ def running_server(config: ServerConfig) -> Iterator[ServerThread]:
 
 
 # The shared server's limits, small enough that the validation tests can exceed them cheaply.
-SHARED_LIMITS: dict[str, Any] = {"max_texts_per_request": 8, "max_text_chars": 2000, "max_batch_size": 64}
+SHARED_LIMITS: dict[str, Any] = {"max_texts_per_request": 8, "max_text_chars": 2000, "max_batch_rows": 64}
 
 
 @pytest.fixture(scope="session")
@@ -270,36 +270,46 @@ def channel(server: ServerThread) -> Iterator[grpc.Channel]:
 
 
 class StepGate:
-    """Holds an engine's thread before each decoder step until :meth:`open` (or the test ends).
+    """Holds an engine's thread before each decoder pass until :meth:`open` (or the test ends).
 
-    While held, the engine has already admitted what the scheduler chose for that step, so the test can
-    see a request "running" (or others "waiting") for as long as it needs, without timing assumptions.
+    While held, the engine has already applied what the scheduler chose for that step (aborts and
+    admissions), so the test can see a request "running" (or others "waiting") for as long as it needs,
+    without timing assumptions. It rides on the core's test-only ``inject`` hook.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: EngineThread) -> None:
         self.engine = engine
         self.entered = threading.Event()
         self._open = threading.Event()
-        self._step = engine.runner.step
+        self._allowed = threading.Semaphore(0)
+        self._previous = engine.core.inject
 
     def __enter__(self) -> StepGate:
-        runner, step = self.engine.runner, self._step
+        previous = self._previous
 
-        def gated_step() -> Any:
-            self.entered.set()
-            self._open.wait(WAIT_SECONDS * 2)
-            return step()
+        def gate(phase: str, texts: Any) -> None:
+            if phase == "decode":
+                self.entered.set()
+                deadline = time.monotonic() + WAIT_SECONDS * 2
+                while not self._open.is_set() and time.monotonic() < deadline:
+                    if self._allowed.acquire(timeout=0.005):
+                        break
+            if previous is not None:
+                previous(phase, texts)
 
-        runner.step = gated_step  # type: ignore[method-assign]
+        self.engine.core.inject = gate
         return self
 
     def open(self) -> None:
         self._open.set()
 
+    def allow(self, steps: int) -> None:
+        """Let the engine take `steps` more decoder passes, then hold it again."""
+        self._allowed.release(steps)
+
     def __exit__(self, *exc: object) -> None:
         self._open.set()
-        with contextlib.suppress(AttributeError):
-            del self.engine.runner.step  # back to the class's method
+        self.engine.core.inject = self._previous
 
     def wait_entered(self) -> None:
         if not self.entered.wait(WAIT_SECONDS):

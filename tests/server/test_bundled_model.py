@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from mtserve.model import Translator
+from mtserve.engine import Translator
 from mtserve.proto.api import pb2, pb2_grpc
 from mtserve.server.config import ServerConfig
 from mtserve.server.registry import bundled_model_spec

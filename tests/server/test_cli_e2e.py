@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mtserve.model.translator import Translator
+from mtserve.engine.translator import Translator
 
 pytest.importorskip("mtserve.client.cli", reason="the client CLI (client/cli.py) is not in this tree")
 

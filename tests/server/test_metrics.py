@@ -77,7 +77,7 @@ def populated() -> Metrics:
     m.observe_text("en-de", queue_wait=0.002, time_to_first_token=0.03, time_per_output_token=0.004,
                    input_tokens=12)
     m.observe_step("en-de", batch_rows=7, generated_tokens=7)
-    m.set_scheduler_state("en-de", waiting=3, running=5, slots_in_use=20, max_slots=64)
+    m.set_engine_state("en-de", waiting=3, running=5, rows_in_use=20, max_rows=64)
     m.set_gpu_memory("cuda:0", 1.5e9)
     asyncio.run(exercise(m))
     return m
@@ -105,7 +105,8 @@ def test_names_help_units_and_labels(metrics):
     names = {f.name for f in families}
     for expected in ("mtserve_request_duration_seconds", "mtserve_time_to_first_token_seconds",
                      "mtserve_time_per_output_token_seconds", "mtserve_queue_wait_seconds",
-                     "mtserve_requests_running", "mtserve_requests_waiting", "mtserve_input_tokens",
+                     "mtserve_texts_running", "mtserve_texts_waiting", "mtserve_rows_in_use", "mtserve_engine_up",
+                     "mtserve_input_tokens",
                      "mtserve_generated_tokens", "mtserve_decoder_batch_size", "mtserve_kv_cache_usage_ratio",
                      "mtserve_requests_rejected", "mtserve_model_info", "mtserve_model_load_seconds",
                      "mtserve_gpu_memory_allocated_bytes", "grpc_server_started", "grpc_server_handled",
@@ -133,8 +134,10 @@ def test_helpers_fill_the_right_series(metrics):
     assert sample(m, "mtserve_decoder_batch_size_bucket", model="en-de", le="8.0") == 1
     assert sample(m, "mtserve_decoder_batch_size_bucket", model="en-de", le="4.0") == 0
     assert sample(m, "mtserve_kv_cache_usage_ratio", model="en-de") == pytest.approx(20 / 64)
-    assert sample(m, "mtserve_requests_waiting", model="en-de") == 3
-    assert sample(m, "mtserve_requests_running", model="en-de") == 5
+    assert sample(m, "mtserve_texts_waiting", model="en-de") == 3
+    assert sample(m, "mtserve_texts_running", model="en-de") == 5
+    assert sample(m, "mtserve_rows_in_use", model="en-de") == 20
+    assert sample(m, "mtserve_engine_up", model="en-de") == 1
     assert sample(m, "mtserve_model_load_seconds", model="en-de") == 1.5
     assert sample(m, "mtserve_model_info", model="en-de", source_language="en", target_language="de",
                   device="cpu", dtype="float32", parameters="74000000") == 1
@@ -146,7 +149,7 @@ def test_model_series_exist_at_zero_before_traffic():
     m = Metrics()
     m.add_model("fr-en", {"device": "cpu"}, load_seconds=0.5)
     assert sample(m, "mtserve_generated_tokens_total", model="fr-en") == 0
-    assert sample(m, "mtserve_requests_running", model="fr-en") == 0
+    assert sample(m, "mtserve_texts_running", model="fr-en") == 0
     assert sample(m, "mtserve_queue_wait_seconds_count", model="fr-en") == 0
 
 

@@ -71,7 +71,7 @@ def test_metrics_before_traffic(metrics_server: Any) -> None:
     promtool_check(text)
     samples = parse(text)
     # Per-model series exist at zero before any traffic, so dashboards show them.
-    for name in ("mtserve_requests_running", "mtserve_requests_waiting", "mtserve_kv_cache_usage_ratio",
+    for name in ("mtserve_texts_running", "mtserve_texts_waiting", "mtserve_kv_cache_usage_ratio",
                  "mtserve_input_tokens_total", "mtserve_generated_tokens_total", "mtserve_queue_wait_seconds_count"):
         assert (name, frozenset({("model", "tiny")})) in samples, name
         assert value(samples, name, model="tiny") == 0
@@ -124,7 +124,7 @@ def test_metrics_follow_traffic(metrics_server: Any, helpers: Any) -> None:
                 "the server to see the deadline",
             )
             gate.open()
-        helpers.wait_until(lambda: engine.scheduler.num_running == 0 and engine.runner.rows_in_use == 0, "idle")
+        helpers.wait_until(lambda: engine.scheduler.num_running == 0 and engine.scheduler.rows_in_use == 0, "idle")
 
     text = scrape(metrics_server)
     promtool_check(text)
@@ -169,5 +169,5 @@ def test_metrics_follow_traffic(metrics_server: Any, helpers: Any) -> None:
     assert delta("mtserve_decoder_batch_size_sum", model="tiny") == generated
     assert delta("mtserve_decoder_batch_size_count", model="tiny") == engine.steps - steps_before
     # Idle again.
-    for name in ("mtserve_requests_running", "mtserve_requests_waiting", "mtserve_kv_cache_usage_ratio"):
+    for name in ("mtserve_texts_running", "mtserve_texts_waiting", "mtserve_kv_cache_usage_ratio"):
         assert value(after, name, model="tiny") == 0, name

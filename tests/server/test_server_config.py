@@ -22,10 +22,10 @@ def test_defaults():
 
 
 def test_flag_beats_env_beats_default():
-    env = {"MTSERVE_PORT": "6000", "MTSERVE_MAX_BATCH_SIZE": "16", "MTSERVE_GRACE_SECONDS": "2.5"}
+    env = {"MTSERVE_PORT": "6000", "MTSERVE_MAX_BATCH_ROWS": "16", "MTSERVE_GRACE_SECONDS": "2.5"}
     c = config(["--port", "7000"], env)
     assert c.port == 7000 and c.sources["port"] == "flag"
-    assert c.max_batch_size == 16 and c.sources["max_batch_size"] == "env MTSERVE_MAX_BATCH_SIZE"
+    assert c.max_batch_rows == 16 and c.sources["max_batch_rows"] == "env MTSERVE_MAX_BATCH_ROWS"
     assert c.grace_seconds == 2.5
     assert c.max_queue == 1024 and "max_queue" not in c.sources
 
@@ -68,7 +68,7 @@ def test_model_spec_parsing():
         ({"device": "gpu"}, "device must be auto, cpu, mps, cuda or cuda:N, got 'gpu'"),
         ({"dtype": "fp8"}, "dtype must be one of auto, float32, float16, bfloat16, got 'fp8'"),
         ({"quantize": "int4"}, "quantize must be one of none, int8, got 'int4'"),
-        ({"max_batch_size": 0}, "max_batch_size must be an integer >= 1, got 0"),
+        ({"max_batch_rows": 0}, "max_batch_rows must be an integer >= 1, got 0"),
         ({"max_queue": 2.5}, "max_queue must be an integer >= 1, got 2.5"),
         ({"grace_seconds": -1}, "grace_seconds must be a number of seconds >= 0, got -1"),
         ({"max_connection_age_seconds": float("nan")}, "max_connection_age_seconds must be a number"),
@@ -97,7 +97,7 @@ def test_metrics_port_off_and_log_level_case():
 
 
 def test_effective_limits_never_exceed_capacity():
-    c = ServerConfig(max_batch_size=1, max_queue=3)
+    c = ServerConfig(max_batch_rows=1, max_queue=3)
     assert (c.beam_size_limit, c.num_hypotheses_limit, c.texts_per_request_limit) == (1, 1, 3)
     c = ServerConfig()
     assert (c.beam_size_limit, c.num_hypotheses_limit, c.texts_per_request_limit) == (8, 8, 128)

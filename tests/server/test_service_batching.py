@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from mtserve.client import TranslationClient, TranslationResult
-from mtserve.model.translator import Translator
+from mtserve.engine.translator import Translator
 from mtserve.proto.api import pb2, pb2_grpc
 
 CLIENTS = 32
@@ -117,7 +117,7 @@ def test_short_request_overtakes_long_one(server: Any, stub: Any, helpers: Any) 
 @pytest.fixture()
 def small_server(model_dirs: dict[str, Path], helpers: Any) -> Iterator[Any]:
     """One KV-cache row and room for two waiting texts."""
-    config = helpers.server_config(model_dirs, "endless", max_batch_size=1, max_queue=2)
+    config = helpers.server_config(model_dirs, "endless", max_batch_rows=1, max_queue=2)
     with helpers.running_server(config) as running:
         yield running
 
@@ -176,8 +176,8 @@ def _wait_idle(server: Any, helpers: Any, model: str) -> None:
     engine = server.engine(model)
     helpers.wait_until(
         lambda: engine.scheduler.num_running == 0
-        and engine.runner.rows_in_use == 0
-        and _sample(server, "mtserve_requests_running", model) == 0
+        and engine.scheduler.rows_in_use == 0
+        and _sample(server, "mtserve_texts_running", model) == 0
         and _sample(server, "mtserve_kv_cache_usage_ratio", model) == 0,
         f"{model}: no running texts and no KV-cache rows in use",
     )
@@ -189,7 +189,7 @@ def test_client_cancel_frees_slots(server: Any, stub: Any, helpers: Any) -> None
     with helpers.StepGate(engine) as gate:
         call = stub.Translate.future(_endless(200, ("Tom reads.", "Mary eats the house.")), timeout=120)
         gate.wait_entered()
-        assert engine.scheduler.num_running == 2 and engine.runner.rows_in_use == 2
+        assert engine.scheduler.num_running == 2 and engine.scheduler.rows_in_use == 2
         steps_before = engine.steps
         call.cancel()
         # The server saw the cancellation (and cancelled the texts) before the engine moves again.
@@ -212,7 +212,7 @@ def test_deadline_frees_slots(server: Any, stub: Any, helpers: Any) -> None:
             # The engine is held, so the deadline passes while the text is in the batch.
             stub.Translate(_endless(200), timeout=0.5)
         assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert engine.runner.rows_in_use == 1
+        assert engine.scheduler.rows_in_use == 1
         helpers.wait_until(
             lambda: _sample(server, "mtserve_request_duration_seconds_count", "endless", code="DeadlineExceeded")
             == expired_before + 1,

@@ -10,8 +10,8 @@ from typing import Any
 import grpc
 import pytest
 
+from mtserve.engine.translator import Translator
 from mtserve.model.checkpoint import load_model
-from mtserve.model.translator import Translator
 from mtserve.proto.api import pb2, pb2_grpc
 
 MAX_LENGTH = 24

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
-from mtserve.model.translator import Translator
+from mtserve.engine.translator import Translator
 from mtserve.proto.api import pb2, pb2_grpc
 
 LIMITS = {"max_texts_per_request": 8, "max_text_chars": 2000, "max_beam_size": 8, "max_num_hypotheses": 8}

@@ -1,7 +1,7 @@
 """Average the weights of Marian models of one architecture: checkpoint averaging, or a "model soup" of
 runs fine-tuned from the same start (Wortsman et al., 2022), which is usually better than either run.
 
-    python -m mtserve.model.average --out runs/soup --save-dtype float16 runs/a runs/b
+    python -m mtserve.training.average --out runs/soup --save-dtype float16 runs/a runs/b
 
 The result is a Marian directory like the inputs: the averaged weights, and the first input's config,
 tokenizer and generation files.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_model, save_model
+from mtserve.model.checkpoint import load_model, save_model
 
 # Files of a Marian directory besides the weights and config.json, copied from the first input.
 _COMPANIONS = ("source.spm", "target.spm", "vocab.json", "target_vocab.json", "tokenizer_config.json",

@@ -10,7 +10,7 @@ The SentencePiece model is trained with exactly those ids for ``</s>`` and
 ``vocab.json`` id and pad is the one id SentencePiece never produces. The size
 given is the total, pad included.
 
-CLI: ``python -m mtserve.model.vocab --data DIR --out DIR [--size 8000]``.
+CLI: ``python -m mtserve.training.vocab --data DIR --out DIR [--size 8000]``.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import sentencepiece as spm
+
+from mtserve.model.tokenizer import MarianTokenizer
 
 EOS, UNK, PAD = "</s>", "<unk>", "<pad>"
 FILES = ("source.spm", "target.spm", "vocab.json")
@@ -105,43 +107,6 @@ def copy_vocab(vocab_dir: Path, model_dir: Path) -> None:
     write_tokenizer_config(model_dir)
 
 
-class Vocab:
-    """Text ↔ ids through the SentencePiece model and ``vocab.json``, as Transformers' MarianTokenizer does.
-
-    Training uses this rather than the serving tokenizer so that the data side
-    does not depend on it; the test checks both give identical ids.
-    """
-
-    def __init__(self, vocab_dir: str | Path) -> None:
-        vocab_dir = Path(vocab_dir)
-        self.sp = spm.SentencePieceProcessor(model_file=str(vocab_dir / "source.spm"))
-        self.piece_to_id: dict[str, int] = json.loads((vocab_dir / "vocab.json").read_text(encoding="utf-8"))
-        self.id_to_piece = {i: p for p, i in self.piece_to_id.items()}
-        self.eos_id = self.piece_to_id[EOS]
-        self.unk_id = self.piece_to_id[UNK]
-        self.pad_id = self.piece_to_id[PAD]
-
-    def __len__(self) -> int:
-        return len(self.piece_to_id)
-
-    def encode(self, text: str, add_eos: bool = True) -> list[int]:
-        ids = [self.piece_to_id.get(p, self.unk_id) for p in self.sp.encode(text, out_type=str)]
-        return [*ids, self.eos_id] if add_eos else ids
-
-    def encode_batch(self, texts: Iterable[str], add_eos: bool = True) -> list[list[int]]:
-        # One call into SentencePiece for the whole batch: it tokenizes in C++ threads.
-        eos = [self.eos_id] if add_eos else []
-        return [
-            [self.piece_to_id.get(p, self.unk_id) for p in pieces] + eos
-            for pieces in self.sp.encode(list(texts), out_type=str)
-        ]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        special = {self.eos_id, self.pad_id}
-        pieces = [self.id_to_piece.get(i, UNK) for i in ids if i not in special]
-        return self.sp.decode_pieces(pieces)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="directory with train.de and train.en")
@@ -153,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 
     train_vocab([args.data / "train.de", args.data / "train.en"], args.out, args.size,
                 threads=args.threads, seed=args.seed)
-    vocab = Vocab(args.out)
-    print(f"vocabulary: {len(vocab)} ids (</s>={vocab.eos_id}, <unk>={vocab.unk_id}, <pad>={vocab.pad_id}) "
-          f"in {args.out}")
+    vocab = MarianTokenizer.from_dir(args.out)
+    print(f"vocabulary: {vocab.source_vocab_size} ids (</s>={vocab.eos_id}, <unk>={vocab.unk_id}, "
+          f"<pad>={vocab.pad_id}) in {args.out}")
     return 0
 
 

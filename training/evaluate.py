@@ -1,9 +1,9 @@
 """Score a model directory on held-out splits with sacrebleu (BLEU, chrF), through the serving decoder.
 
-    python -m mtserve.model.evaluate --model mtserve/model/default --data data/de-en \\
+    python -m mtserve.training.evaluate --model mtserve/model/default --data data/de-en \\
         --splits test,test-sentences --beams 1,4
 
-The splits are those ``python -m mtserve.model.data`` writes (``NAME.de`` / ``NAME.en``). Prints a
+The splits are those ``python -m mtserve.training.data`` writes (``NAME.de`` / ``NAME.en``). Prints a
 markdown table; ``--json`` prints the numbers for machines.
 """
 
@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
+from mtserve.engine.translator import Translator
+from mtserve.model.quantize import QUANTIZE_MODES
+
 from .data import read_split
-from .quantize import QUANTIZE_MODES
-from .translator import Translator
 
 
 def score(translator: Translator, sources: list[str], references: list[str], beam_size: int) -> dict[str, float]:

@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from mtserve.model import train as tr
 from mtserve.model.checkpoint import load_model
+from mtserve.model.tokenizer import MarianTokenizer
 from mtserve.model.transformer import MarianTransformer
-from mtserve.model.vocab import Vocab, train_vocab
+from mtserve.training import train as tr
+from mtserve.training.vocab import train_vocab
 
 ADJECTIVES = [("rot", "red"), ("blau", "blue"), ("grün", "green"), ("gelb", "yellow"),
               ("schwarz", "black"), ("weiß", "white"), ("groß", "big"), ("klein", "small")]
@@ -176,16 +177,6 @@ def test_command_line_maps_onto_the_config(tmp_path: Path):
     assert (cfg.schedule, cfg.ema_decay, cfg.oversample_sentences) == ("cosine", 0.999, 3)
 
 
-def test_vocab_gives_the_same_ids_as_the_serving_tokenizer(corpus):
-    tokenizer_module = pytest.importorskip("mtserve.model.tokenizer")
-    _, vocab_dir = corpus
-    ours = Vocab(vocab_dir)
-    serving = tokenizer_module.MarianTokenizer.from_dir(vocab_dir)
-    for text in ("Das Pferd ist grün.", "the small window", "Zebra ☃"):
-        assert serving.encode(text) == ours.encode(text)
-    assert (serving.pad_id, serving.eos_id, serving.unk_id) == (ours.pad_id, ours.eos_id, ours.unk_id)
-
-
 # --- real runs ----------------------------------------------------------------------------------------
 
 
@@ -213,7 +204,7 @@ def test_the_final_model_is_a_marian_directory_that_load_model_reloads(trained):
     assert names == {"config.json", "model.safetensors", "source.spm", "target.spm", "vocab.json",
                      "tokenizer_config.json", "generation_config.json"}
     config, model = load_model(cfg.out, device="cpu", dtype="float32")
-    vocab = Vocab(cfg.vocab)
+    vocab = MarianTokenizer.from_dir(cfg.vocab)
     assert (config.vocab_size, config.pad_token_id, config.decoder_start_token_id) == (64, 63, 63)
     generation = json.loads((cfg.out / "generation_config.json").read_text())
     assert generation["decoder_start_token_id"] == generation["pad_token_id"] == vocab.pad_id
@@ -226,7 +217,7 @@ def test_the_final_model_is_a_marian_directory_that_load_model_reloads(trained):
     reference.load_state_dict(state["model"])
     reference.eval()
     src = torch.tensor([vocab.encode("Das Haus ist rot.")])
-    dec = torch.tensor([[vocab.pad_id, *vocab.encode("The house", add_eos=False)]])
+    dec = torch.tensor([[vocab.pad_id, *vocab.encode_target("The house")[:-1]]])  # without </s>
     mask = torch.ones_like(src, dtype=torch.bool)
     with torch.no_grad():
         assert torch.equal(model(src, mask, dec), reference(src, mask, dec))
@@ -248,10 +239,10 @@ def test_the_final_model_loads_in_transformers_with_identical_logits(trained):
 
 
 def test_eval_decoding_is_the_translators_greedy_search_with_a_length_cap(trained):
-    translator_module = pytest.importorskip("mtserve.model.translator")
+    translator_module = pytest.importorskip("mtserve.engine.translator")
     cfg, _ = trained
     translator = translator_module.Translator.load(cfg.out, device="cpu", dtype="float32")
-    vocab = Vocab(cfg.vocab)
+    vocab = MarianTokenizer.from_dir(cfg.vocab)
     texts = ["Das Haus ist rot.", "das gelbe Bett", "Das Schaf ist weiß.", "das blaue Fenster", "Buch"]
     sources = [vocab.encode(t) for t in texts]
     ours = tr.greedy_decode(translator.model, sources, max_rows=2)  # fewer rows than texts: queueing too
@@ -371,7 +362,7 @@ def test_a_resumed_ema_run_matches_an_uninterrupted_one(corpus, tmp_path: Path):
 
 
 def test_average_writes_the_mean_of_the_weights_and_refuses_other_architectures(corpus, trained, tmp_path: Path):
-    from mtserve.model.average import average_models
+    from mtserve.training.average import average_models
 
     cfg, _ = trained
     other = tr.train(tiny_config(corpus, tmp_path / "other", seed=11, max_steps=5)).out

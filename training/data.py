@@ -28,7 +28,7 @@ Choices, fixed so that the splits are reproducible:
   translations of one German string land in one split, so nothing from test or
   dev is trained on.
 
-CLI: ``python -m mtserve.model.data --out DIR [--cache DIR] [--deb PATH]``.
+CLI: ``python -m mtserve.training.data --out DIR [--cache DIR] [--deb PATH]``.
 """
 
 from __future__ import annotations

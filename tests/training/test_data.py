@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from mtserve.model import data
-from mtserve.model.vocab import Vocab, train_vocab
+from mtserve.model.tokenizer import MarianTokenizer
+from mtserve.training import data
+from mtserve.training.vocab import train_vocab
 
 # Real lines of the Ding dictionary (trans-de-en 1.9-6), copied verbatim.
 EEL_SPEAR = "Aalspieß {m} | Aalspieße {pl} :: eel spear | eel spears"
@@ -346,7 +347,7 @@ def test_vocab_loads_in_transformers_with_the_same_ids(vocab_dir: Path):
         target_spm=str(vocab_dir / "target.spm"),
         vocab=str(vocab_dir / "vocab.json"),
     )
-    ours = Vocab(vocab_dir)
+    ours = MarianTokenizer.from_dir(vocab_dir)
     assert (hf.eos_token_id, hf.unk_token_id, hf.pad_token_id) == (ours.eos_id, ours.unk_id, ours.pad_id) == (0, 1, 199)
     for text in SENTENCES:
         ids = ours.encode(text)

@@ -1,32 +1,41 @@
 """The offline API: load a Marian directory and translate a list of texts.
 
-    from mtserve.model import Translator
+    from mtserve.engine import Translator
     translator = Translator.load("path/to/opus-mt-de-en", device="auto", dtype="auto")
     translator.translate(["Guten Morgen!"], beam_size=4)[0].text
 
-The server, the benchmarks and the parity tests all go through the same :class:`BatchDecoder`.
+It drives the same :class:`EngineCore` step as the server's engine thread (the scheduler's
+``longest_first`` order is its only difference), so a text translates the same offline and served.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint import load_model
-from .config import MarianConfig
-from .cpu_linear import fold_logits_bias, pack_linears
-from .generation import BatchDecoder
-from .quantize import QUANTIZE_MODES, quantize_int8
-from .search import Hypothesis, SearchOptions, asks_for_sampling
-from .tokenizer import MarianTokenizer
-from .transformer import MarianTransformer
+from mtserve.model.checkpoint import load_model
+from mtserve.model.config import MarianConfig
+from mtserve.model.cpu_linear import fold_logits_bias, pack_linears
+from mtserve.model.options import SearchOptions, generation_defaults, merge_defaults
+from mtserve.model.quantize import QUANTIZE_MODES, quantize_int8
+from mtserve.model.search import Hypothesis
+from mtserve.model.tokenizer import MarianTokenizer
+from mtserve.model.transformer import MarianTransformer
+
+from .batch import NewText
+from .core import EngineCore
+from .scheduler import Request, Text
+
+# Offline, every text of a call is queued at once and newcomers are encoded together, as many as fit.
+_UNBOUNDED = 2**62
+_request_ids = itertools.count()
 
 
 @dataclass
@@ -71,9 +80,9 @@ class Translator:
         self.path = path
         #: SearchOptions defaults from the model's generation_config.json; explicit options override them.
         self.defaults = {"max_length": self.default_max_length(), **(defaults or {})}
-        self._idle_decoder: BatchDecoder | None = None
+        self._idle_core: EngineCore | None = None
         self.quantize = "none"  # "int8" when load() quantized the linear layers
-        self._decoder_lock = threading.Lock()
+        self._core_lock = threading.Lock()
         #: Counted before any inference packing replaces the linear layers' parameters.
         self.num_parameters = model.num_parameters()
 
@@ -117,35 +126,29 @@ class Translator:
 
     def generate(self, sources: Sequence[Sequence[int]], options: SearchOptions) -> list[list[Hypothesis]]:
         """Decode token-id sources (each ending in </s>); returns each source's hypotheses, best first."""
-        # Rows for what is asked, not max_batch_rows; a decoder (and its KV cache) of that size is kept for
+        # Rows for what is asked, not max_batch_rows; a core (and its KV cache) of that size is kept for
         # the next call, since allocating a cache costs more than zeroing it (page faults on fresh memory).
         rows = max(options.rows, min(self.max_batch_rows, len(sources) * options.rows))
-        decoder = self._take_decoder(rows)
+        core = self._take_core(rows)
         for source in sources:
-            decoder.check(source, options)
-        results: list[list[Hypothesis] | None] = [None] * len(sources)
-        # Admitted longest first, so texts that decode together have similar lengths: less padding in the
-        # encoder pass and in cross-attention, which reads up to the longest source in the batch. (The
-        # server admits in arrival order instead: fairness comes first there.) pop() takes from the end.
-        waiting = sorted(range(len(sources)), key=lambda i: (len(sources[i]), -i))
-        while waiting or decoder.has_work():
-            while waiting and decoder.free_rows >= options.rows:
-                index = waiting.pop()
-                decoder.add(index, sources[index], options)
-            for event in decoder.step():
-                if event.hypotheses is not None:
-                    results[event.group_id] = event.hypotheses  # type: ignore[index]
-        self._idle_decoder = decoder  # only a decoder that ran to the end is reused (no rows left in it)
-        return [r or [] for r in results]
+            core.check(source, options)
+        texts = [
+            Text(index, options.rows, len(source), options.max_length, work=NewText(list(source), options))
+            for index, source in enumerate(sources)
+        ]
+        events = core.run_to_end(Request(next(_request_ids), texts, arrival_time=core.clock()))
+        self._idle_core = core  # only a core that ran to the end is reused (no rows left in it)
+        return [event.hypotheses or [] for event in events]
 
-    def _take_decoder(self, rows: int) -> BatchDecoder:
-        """The kept decoder if it has `rows` rows, else a new one. Taken, not shared: concurrent calls
+    def _take_core(self, rows: int) -> EngineCore:
+        """The kept core if it has `rows` rows, else a new one. Taken, not shared: concurrent calls
         (threads) each decode with their own."""
-        with self._decoder_lock:
-            decoder, self._idle_decoder = self._idle_decoder, None
-        if decoder is None or decoder.num_rows != rows:
-            decoder = BatchDecoder(self.model, rows)
-        return decoder
+        with self._core_lock:
+            core, self._idle_core = self._idle_core, None
+        if core is None or core.batch.num_rows != rows:
+            core = EngineCore(self.model, max_rows=rows, max_batch_tokens=_UNBOUNDED, max_queue=_UNBOUNDED,
+                              order="longest_first", name=str(self.path or "offline"))
+        return core
 
     def translate(self, texts: Sequence[str], **options: Any) -> list[Translation]:
         """Translate each text. Options are those of :class:`SearchOptions`; the n-best list is
@@ -171,37 +174,3 @@ class Translator:
     def default_max_length(self) -> int:
         """Marian's own generation default is 512; cap it at what the position table allows."""
         return min(512, self.config.max_position_embeddings)
-
-
-def merge_defaults(defaults: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
-    """SearchOptions fields: `defaults` overridden by `options`; a default yields where it conflicts with
-    them (sampling asked without a beam size gets one beam; a default min_length stays below max_length)."""
-    values = {**defaults, **options}
-    if asks_for_sampling(options) and "beam_size" not in options:
-        values["beam_size"] = 1
-    if "min_length" not in options and "min_length" in values:
-        values["min_length"] = min(values["min_length"], values["max_length"] - 1)
-    return values
-
-
-def generation_defaults(path: Path, max_positions: int) -> dict[str, Any]:
-    """SearchOptions defaults from generation_config.json (OPUS-MT ships num_beams, max_length there).
-
-    Transformers counts the decoder start token in max_length/min_length; SearchOptions does not.
-    """
-    try:
-        values = json.loads((path / "generation_config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    defaults: dict[str, Any] = {}
-    if isinstance(values.get("num_beams"), int) and values["num_beams"] >= 1:
-        defaults["beam_size"] = values["num_beams"]
-    if isinstance(values.get("max_length"), int) and values["max_length"] > 1:
-        defaults["max_length"] = min(values["max_length"] - 1, max_positions)
-    if isinstance(values.get("min_length"), int) and values["min_length"] > 1:
-        defaults["min_length"] = values["min_length"] - 1
-    if values.get("early_stopping") is True:  # Transformers also allows "never", which is our False
-        defaults["early_stopping"] = True
-    if isinstance(values.get("length_penalty"), int | float):
-        defaults["length_penalty"] = float(values["length_penalty"])
-    return defaults

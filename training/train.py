@@ -1,6 +1,6 @@
-"""Train a Marian translation model from scratch on the splits that ``mtserve.model.data`` writes.
+"""Train a Marian translation model from scratch on the splits that ``mtserve.training.data`` writes.
 
-    python -m mtserve.model.train --data data/de-en --vocab data/vocab --out runs/de-en \\
+    python -m mtserve.training.train --data data/de-en --vocab data/vocab --out runs/de-en \\
         --d-model 256 --layers 3 --heads 4 --ffn 1024 --max-tokens 8192 --max-steps 20000 --device cuda
 
 What it does, in the usual recipe for transformer NMT (fairseq, Marian):
@@ -15,7 +15,7 @@ What it does, in the usual recipe for transformer NMT (fairseq, Marian):
   the full-sentence pairs seen several times an epoch (``--oversample-sentences``), and encoder and
   decoder depths of their own (``--encoder-layers``/``--decoder-layers``);
 - greedy decoding of a dev subset every ``--eval-interval`` steps with the serving decoder
-  (``BatchDecoder``, so what is measured is what mtserve will produce), scored with sacrebleu
+  (the engine core's step, so what is measured is what mtserve will produce), scored with sacrebleu
   (BLEU and chrF), plus the teacher-forced dev loss;
 - a checkpoint (model, optimizer, scheduler, step, data position, RNG) written atomically to
   ``<out>.train/checkpoint.pt`` at every evaluation; a rerun with the same ``--out`` resumes it.
@@ -44,13 +44,17 @@ from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from .checkpoint import load_model, save_model
-from .config import MarianConfig
+from mtserve.engine.batch import NewText
+from mtserve.engine.core import EngineCore
+from mtserve.engine.scheduler import Request, Text
+from mtserve.model.checkpoint import load_model, save_model
+from mtserve.model.config import MarianConfig
+from mtserve.model.options import SearchOptions
+from mtserve.model.tokenizer import MarianTokenizer
+from mtserve.model.transformer import MarianTransformer
+
 from .data import read_split
-from .generation import BatchDecoder
-from .search import SearchOptions
-from .transformer import MarianTransformer
-from .vocab import Vocab, copy_vocab
+from .vocab import copy_vocab
 
 Example = tuple[list[int], list[int]]  # (source ids ending in </s>, target ids ending in </s>)
 SCHEDULES = ("inverse-sqrt", "cosine")
@@ -131,9 +135,9 @@ class TrainConfig:
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be positive, got {self.max_time!r}")
 
-    def model_config(self, vocab: Vocab) -> MarianConfig:
+    def model_config(self, vocab: MarianTokenizer) -> MarianConfig:
         return MarianConfig(
-            vocab_size=len(vocab),
+            vocab_size=vocab.source_vocab_size,
             d_model=self.d_model,
             encoder_layers=self.encoder_layers,
             decoder_layers=self.decoder_layers,
@@ -155,9 +159,9 @@ class TrainConfig:
 # --- data --------------------------------------------------------------------------------------
 
 
-def encode_pairs(vocab: Vocab, src: Sequence[str], tgt: Sequence[str], max_length: int) -> list[Example]:
+def encode_pairs(vocab: MarianTokenizer, src: Sequence[str], tgt: Sequence[str], max_length: int) -> list[Example]:
     """Token ids of each pair, dropping pairs with a side over ``max_length`` (``</s>`` included)."""
-    pairs = zip(vocab.encode_batch(src), vocab.encode_batch(tgt), strict=True)
+    pairs = zip(vocab.encode_batch(src), vocab.encode_target_batch(tgt), strict=True)
     return [(s, t) for s, t in pairs if len(s) <= max_length and len(t) <= max_length]
 
 
@@ -324,19 +328,15 @@ def greedy_decode(model: MarianTransformer, sources: Sequence[list[int]], max_ro
     was_training = model.training
     model.eval()
     limit = model.config.max_position_embeddings
-    decoder = BatchDecoder(model, max(1, min(max_rows, len(sources))))
-    results: list[list[int]] = [[] for _ in sources]
-    waiting = list(reversed(range(len(sources))))  # pop() admits in input order
-    while waiting or decoder.has_work():
-        while waiting and decoder.free_rows >= 1:
-            index = waiting.pop()
-            cap = min(limit, 2 * len(sources[index]) + 10)
-            decoder.add(index, sources[index], SearchOptions(beam_size=1, max_length=cap))
-        for event in decoder.step():
-            if event.hypotheses is not None:
-                results[event.group_id] = event.hypotheses[0].token_ids  # type: ignore[index]
+    texts = []
+    for index, source in enumerate(sources):
+        options = SearchOptions(beam_size=1, max_length=min(limit, 2 * len(source) + 10))
+        texts.append(Text(index, 1, len(source), options.max_length, work=NewText(list(source), options)))
+    core = EngineCore(model, max_rows=max(1, min(max_rows, len(sources))), max_batch_tokens=2**62,
+                      max_queue=max(1, len(sources)), name="evaluation")
+    events = core.run_to_end(Request("evaluation", texts, arrival_time=0.0))
     model.train(was_training)
-    return results
+    return [event.hypotheses[0].token_ids if event.hypotheses else [] for event in events]
 
 
 @torch.no_grad()
@@ -356,7 +356,7 @@ def dev_loss(model: MarianTransformer, examples: Sequence[Example], cfg: TrainCo
     return nll_sum / max(count, 1)
 
 
-def evaluate(model: MarianTransformer, vocab: Vocab, eval_sets: dict[str, tuple[list[str], list[str]]],
+def evaluate(model: MarianTransformer, vocab: MarianTokenizer, eval_sets: dict[str, tuple[list[str], list[str]]],
              cfg: TrainConfig, device: torch.device) -> dict[str, float]:
     """BLEU, chrF (sacrebleu, greedy) and dev loss for each evaluation set."""
     import sacrebleu  # the 'train' extra; imported here so the module loads without it
@@ -458,7 +458,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    vocab = Vocab(cfg.vocab)
+    vocab = MarianTokenizer.from_dir(cfg.vocab)
     examples = encode_pairs(vocab, *read_split(cfg.data, "train"), cfg.max_length)
     if cfg.oversample_sentences > 1:
         sentences = encode_pairs(vocab, *read_split(cfg.data, "train-sentences"), cfg.max_length)

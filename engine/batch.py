@@ -1,0 +1,268 @@
+"""The batch: a model's KV-cache rows on the device, the texts occupying them, and the moves between steps.
+
+Texts join through one batched encoder pass (:meth:`Batch.add`) that fills their cross-attention K/V
+once; every step runs one decoder pass over the rows (:meth:`Batch.decode`, in parts when the engine
+core retries a failed step); the texts' searches turn the log-probabilities into plans (model/search.py)
+and :meth:`Batch.apply` moves rows as the plans say: beams reorder through one gather of the
+self-attention rows, finished texts leave, and a hole is filled by the last text so that most texts
+keep their rows. A text occupies ``search.rows`` consecutive rows; rows ``0 .. rows_in_use-1`` are the
+active prefix. The batch counts nothing for the scheduler: engine/scheduler.py holds the ledger, and
+the core checks after every step that the two agree.
+
+Because every text runs the same code whatever else is in the batch, batching never changes its result
+(up to float rounding): tests/model/test_batch_invariance.py.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from collections.abc import Collection, Hashable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mtserve.model.options import SearchOptions
+from mtserve.model.processors import ForcedTokens, LogitsProcessor, MinLength, NeverGenerate, apply_processors
+from mtserve.model.search import Plan, Search, new_search
+from mtserve.model.transformer import MarianTransformer
+
+
+@dataclass(frozen=True)
+class NewText:
+    """What the batch needs to start decoding a text."""
+
+    source_ids: list[int]
+    options: SearchOptions
+    forced_prefix: tuple[int, ...] = ()  # tokens the output must start with (a target-language token)
+    stream: bool = False  # the caller wants the tokens that become final at every step
+
+
+@dataclass(eq=False)
+class Slot:
+    """A text's place in the batch (and the view of it a logits processor gets: model/processors.TextRows)."""
+
+    key: Hashable
+    work: NewText
+    search: Search
+    source_length: int
+    start: int = 0  # first cache row
+    position: int = 0  # tokens generated so far; the next input's position
+
+    @property
+    def rows(self) -> int:
+        return self.search.rows
+
+    @property
+    def options(self) -> SearchOptions:
+        return self.work.options
+
+    @property
+    def forced_prefix(self) -> tuple[int, ...]:
+        return self.work.forced_prefix
+
+
+class Batch:
+    """Owns a model's KV cache of `num_rows` rows and the texts decoding in them."""
+
+    def __init__(self, model: MarianTransformer, num_rows: int) -> None:
+        config = model.config
+        self.model = model
+        self.num_rows = num_rows
+        self.device = model.device
+        self.eos_id = config.eos_token_id
+        self.start_id = config.decoder_start_token_id
+        self.max_source_length = config.max_position_embeddings
+        self.max_target_length = config.max_position_embeddings
+        self.processors: list[LogitsProcessor] = [
+            NeverGenerate([config.pad_token_id]),
+            MinLength(config.eos_token_id),
+            ForcedTokens(config.eos_token_id, config.forced_eos_token_id is not None),
+        ]
+        self.cache = model.new_cache(num_rows)
+        self.slots: list[Slot] = []  # in cache-row order
+        self._tokens: list[int] = []  # each row's next input token, in row order
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+
+    @property
+    def rows_in_use(self) -> int:
+        return len(self._tokens)
+
+    @property
+    def free_rows(self) -> int:
+        return self.num_rows - len(self._tokens)
+
+    def check(self, source_ids: Sequence[int], options: SearchOptions) -> None:
+        """Raise ValueError when the text cannot be decoded by this model at all (limits named)."""
+        if not source_ids:
+            raise ValueError("source_ids is empty: a source ends with </s> at least")
+        if len(source_ids) > self.max_source_length:
+            raise ValueError(f"source is {len(source_ids)} tokens, the model accepts at most {self.max_source_length}")
+        if options.max_length > self.max_target_length:
+            raise ValueError(f"max_length {options.max_length} exceeds the model's limit {self.max_target_length}")
+        if options.rows > self.num_rows:
+            raise ValueError(f"{options.rows} beams/hypotheses exceed the batch's {self.num_rows} rows")
+
+    # -- texts joining and leaving ------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def add(self, texts: Sequence[tuple[Hashable, NewText]]) -> None:
+        """Encode the texts in one pass and give each its rows after the active ones. All or nothing: if
+        anything raises, no text was added (rows past the active prefix may hold garbage, as free rows may)."""
+        if not texts:
+            return
+        for _, work in texts:
+            self.check(work.source_ids, work.options)
+        searches = [new_search(work.options, self.device) for _, work in texts]
+        row_counts = [search.rows for search in searches]
+        if sum(row_counts) > self.free_rows:
+            raise RuntimeError(f"{sum(row_counts)} rows needed, {self.free_rows} free")
+        sources = [work.source_ids for _, work in texts]
+        longest = max(len(s) for s in sources)
+        ids = self._upload([s + [self.model.config.pad_token_id] * (longest - len(s)) for s in sources])
+        lengths = self._upload([len(s) for s in sources])
+        mask = torch.arange(longest, device=self.device)[None, :] < lengths[:, None]  # (P, S)
+        memory = self.model.encode(ids, mask)  # (P, S, d)
+        first = len(self._tokens)
+        rows = torch.arange(first, first + sum(row_counts), device=self.device)  # counted on the host: no sync
+        self.cache.reserve(source_length=longest)
+        self.model.fill_cross_attention(self.cache, rows, memory, lengths, self._upload(row_counts))
+        for (key, work), search in zip(texts, searches, strict=True):
+            self.slots.append(Slot(key, work, search, len(work.source_ids), start=len(self._tokens)))
+            self._tokens += [self.start_id] * search.rows
+
+    @torch.inference_mode()
+    def remove(self, keys: Collection[Hashable]) -> None:
+        """Drop these texts now; their rows are free when this returns."""
+        if any(slot.key in keys for slot in self.slots):
+            self._relayout([None if slot.key in keys else self._stay(slot) for slot in self.slots], advance=0)
+
+    def reset(self) -> None:
+        """Forget every text (after a fault that left the rows in an unknown state); a fresh cache."""
+        self.slots, self._tokens = [], []
+        self.cache = self.model.new_cache(self.num_rows)
+
+    # -- one decoder step, in parts if need be -------------------------------------------------------
+
+    @torch.inference_mode()
+    def decode(self, first: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Log-probabilities (rows, V) of the next token for the rows of ``slots[first:stop]``, before any
+        logits processor."""
+        slots = self.slots[first:stop]
+        row0, row1 = slots[0].start, slots[-1].start + slots[-1].rows
+        positions = [slot.position for slot in slots for _ in range(slot.rows)]
+        target_length = max(positions) + 1
+        self.cache.reserve(target_length=target_length)
+        logits = self.model.decode_step(
+            self._upload(self._tokens[row0:row1]),
+            self._upload(positions),
+            self.cache,
+            target_length,
+            max(slot.source_length for slot in slots),
+            _group_size(slots),
+            first_row=row0,
+        )
+        return torch.log_softmax(logits, dim=-1)  # (N, V)
+
+    @torch.inference_mode()
+    def constrain(self, logprobs: torch.Tensor) -> None:
+        """Apply the logits processors to a whole step's log-probs, in place."""
+        apply_processors(self.processors, logprobs, self.slots)
+
+    @torch.inference_mode()
+    def select(self, logprobs: torch.Tensor, skip: Collection[int] = ()) -> list[object]:
+        """Each search kind's device work for its texts at once; one selection per slot (None for `skip`)."""
+        by_kind: dict[type[Search], list[int]] = defaultdict(list)
+        for index, slot in enumerate(self.slots):
+            if index not in skip:
+                by_kind[type(slot.search)].append(index)
+        selections: list[object] = [None] * len(self.slots)
+        for kind, indices in by_kind.items():
+            members = [self.slots[i] for i in indices]
+            chosen = kind.select(logprobs, [slot.start for slot in members], [slot.search for slot in members])
+            for index, selection in zip(indices, chosen, strict=True):
+                selections[index] = selection
+        return selections
+
+    @torch.inference_mode()
+    def apply(self, plans: Sequence[Plan | None]) -> None:
+        """Move rows as each slot's plan says (None or a finished plan: the text leaves)."""
+        self._relayout([None if p is None or p.finished else (p.sources, p.tokens) for p in plans], advance=1)
+
+    # -- moving rows ----------------------------------------------------------------------------------
+
+    def _stay(self, slot: Slot) -> tuple[list[int], list[int]]:
+        return list(range(slot.rows)), self._tokens[slot.start : slot.start + slot.rows]
+
+    def _relayout(self, moves: list[tuple[list[int], list[int]] | None], advance: int) -> None:
+        """Give each surviving slot its new rows: ``(sources, tokens)`` are the rows (counted within the
+        slot) its new rows continue from and their next tokens; positions move on by `advance`."""
+        sources: list[int] = []
+        tokens: list[int] = []
+        slots: list[Slot] = []
+        # Cross-attention rows move per text, not per row: every row of a text holds the same keys/values.
+        cross_from: list[int] = []
+        cross_to: list[int] = []
+        cross_length = 0
+        survivors = [(s, m) for s, m in zip(self.slots, moves, strict=True) if m is not None]
+        for slot, (rows, next_tokens) in _fill_holes_from_the_tail(survivors):
+            if slot.start != len(sources):
+                cross_from += range(slot.start, slot.start + len(rows))
+                cross_to += range(len(sources), len(sources) + len(rows))
+                cross_length = max(cross_length, slot.source_length)
+            old_start = slot.start
+            slot.start = len(sources)
+            slot.position += advance
+            sources += [old_start + r for r in rows]
+            tokens += next_tokens
+            slots.append(slot)
+        if sources != list(range(len(sources))):
+            target_length = max((slot.position for slot in slots), default=0)
+            self.cache.gather(torch.tensor(sources, device=self.device), target_length=target_length)
+        if cross_from:
+            self.cache.move_cross(
+                torch.tensor(cross_from, device=self.device),
+                torch.tensor(cross_to, device=self.device),
+                source_length=cross_length,
+            )
+        self.slots, self._tokens = slots, tokens
+
+    def _upload(self, values: list) -> torch.Tensor:
+        """A host list as a long tensor on the model's device. On CUDA through pinned memory and without
+        waiting: the step's only wait is for the chosen tokens."""
+        tensor = torch.tensor(values, dtype=torch.long)
+        if self.device.type != "cuda":
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+
+def _group_size(slots: Sequence[Slot]) -> int:
+    """k when every text has k rows (so text i holds rows i*k .. i*k+k-1), else 1 (no sharing)."""
+    sizes = {slot.rows for slot in slots}
+    return sizes.pop() if len(sizes) == 1 else 1
+
+
+def _fill_holes_from_the_tail(
+    survivors: list[tuple[Slot, tuple[list[int], list[int]]]],
+) -> list[tuple[Slot, tuple[list[int], list[int]]]]:
+    """The new row order of the surviving slots (given in row order with their next rows).
+
+    Rows must stay a contiguous prefix. Shifting every text after a leaver down would move all their
+    cross-attention rows; instead a hole is filled with texts taken from the end when they fit, so most
+    texts keep their rows (the order of texts in the cache does not change any result).
+    """
+    remaining = deque(survivors)
+    placed = []
+    cursor = 0
+    while remaining:
+        slot, _ = remaining[0]
+        hole = slot.start - cursor
+        if hole > 0 and len(remaining) > 1 and len(remaining[-1][1][0]) <= hole:
+            placed.append(remaining.pop())
+        else:
+            placed.append(remaining.popleft())
+        cursor += len(placed[-1][1][0])
+    return placed
+
+
+__all__ = ["Batch", "NewText", "Slot"]

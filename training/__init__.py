@@ -1,0 +1,8 @@
+"""mtserve.training: how the bundled model was made. Not part of serving.
+
+- ``data``: the Ding German–English dictionary (a Debian package) into train/dev/test splits.
+- ``vocab``: a joint SentencePiece vocabulary in the Marian layout (the Marian tokenizer reads it back).
+- ``train``: training from scratch or continued (``mtserve train`` / ``python -m mtserve.training.train``).
+- ``evaluate``: BLEU and chrF of a model directory on the splits.
+- ``average``: the mean of several models of one architecture.
+"""
