@@ -26,9 +26,27 @@ from .service import TranslationService
 log = logging.getLogger(__name__)
 
 
+class PortInUseError(OSError):
+    """A port this server needs cannot be bound (another process holds it, or the address is wrong)."""
+
+    def __init__(self, which: str, host: str, port: int, cause: OSError | None = None) -> None:
+        why = f": {cause.strerror}" if cause is not None and cause.strerror else ""
+        super().__init__(
+            f"cannot listen on the {which} port {port} of {host}{why}; is another mtserve (or another program) "
+            f"using it? Choose another with --{'port' if which == 'gRPC' else 'metrics-port'}"
+        )
+
+
 def model_health_name(model: str) -> str:
     """The grpc.health.v1 service name of one model: NOT_SERVING when its engine has died."""
     return f"{SERVICE_NAME}/{model}"
+
+#: How long a drain waits for a moment without new calls before it closes the port (see MtserveServer.stop):
+#: as long as a client's backoff after UNAVAILABLE usually is.
+DRAIN_QUIET_SECONDS = 1.0
+# Time kept back from the grace period for closing the port, and the wait for clients to read its GOAWAY.
+_CLOSING_SECONDS = 1.0
+_GOAWAY_SECONDS = 0.05
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -76,12 +94,18 @@ class MtserveServer:
         config = self.config
         self._loop = asyncio.get_running_loop()
         await self._set_health(_NOT_SERVING)
-        self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
+        try:
+            self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
+        except RuntimeError:
+            self.port = 0
         if not self.port:
-            raise OSError(f"could not bind {config.host}:{config.port}")
+            raise PortInUseError("gRPC", config.host, config.port)
         await self.grpc.start()
         if config.metrics_port is not None:
-            self.metrics_server = start_metrics_server(self.metrics.registry, config.metrics_port, config.host)
+            try:
+                self.metrics_server = start_metrics_server(self.metrics.registry, config.metrics_port, config.host)
+            except OSError as exc:
+                raise PortInUseError("metrics", config.host, config.metrics_port, exc) from None
         log.info("gRPC on %s:%d, metrics on %s; loading models", config.host, self.port, self.metrics_port)
         await asyncio.get_running_loop().run_in_executor(None, self.registry.load)
         await self._set_health(_SERVING)
@@ -92,21 +116,43 @@ class MtserveServer:
 
         The port stays open while calls in flight finish, so that new calls get a clear UNAVAILABLE
         (which clients retry elsewhere) instead of racing the transport's shutdown, which cancels them.
+        Only calls an engine accepted are waited for; calls being refused do not hold the drain up.
         """
         grace = self.config.grace_seconds if grace is None else grace
-        log.info("draining: waiting up to %.1fs for calls in flight", grace)
+        log.info("draining: waiting up to %.1fs for %d call(s) in flight", grace, self.service.accepted_calls)
         self.registry.draining = True
         await self.health.enter_graceful_shutdown()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while self.service.accepted_calls and loop.time() < deadline:
             await asyncio.sleep(0.02)
-        await self.grpc.stop(max(0.0, deadline - loop.time()))
+        if self.service.accepted_calls:
+            log.warning("draining: %d call(s) still in flight after %.1fs are cancelled", self.service.accepted_calls,
+                        grace)
+        # Then the port closes. grpc core cancels (CANCELLED, which clients do not retry) every call it has
+        # received but not yet handed to a handler when a server stops, and every call arriving until the
+        # client has read the GOAWAY (grpc/grpc#41785). So from here refusals are held, not answered, until
+        # no call has come for DRAIN_QUIET_SECONDS (a client waiting for its answer sends nothing else, and
+        # one backing off has come back by then); then the port closes, and the held calls get UNAVAILABLE.
+        self.service.hold_refusals()
+        while (loop.time() - self.service.last_call_time < DRAIN_QUIET_SECONDS
+               and loop.time() < deadline - _CLOSING_SECONDS):
+            await asyncio.sleep(0.01)
+        stopping = asyncio.ensure_future(self.grpc.stop(max(0.0, deadline - loop.time())))
+        await asyncio.sleep(_GOAWAY_SECONDS)  # the port closes and clients read the GOAWAY before the answers
+        self.service.release_refusals()
+        await stopping
+        await self.close()
+        log.info("stopped")
+
+    async def close(self) -> None:
+        """Release everything (also after a failed start, when there is nothing to drain)."""
+        await self.grpc.stop(0)
         self.registry.stop()
         self.service.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
-        log.info("stopped")
+            self.metrics_server = None
 
 
 async def serve_async(config: ServerConfig) -> int:
@@ -119,7 +165,7 @@ async def serve_async(config: ServerConfig) -> int:
         await server.start()
     except Exception as exc:
         log.error("start-up failed: %s", exc)
-        await server.stop(0)
+        await server.close()
         return 1
     await stop.wait()
     await server.stop()

@@ -163,6 +163,9 @@ class ServerConfig:
         """Channel arguments for ``grpc.aio.server(options=...)``."""
         max_message = max(_DEFAULT_MAX_MESSAGE, self.max_texts_per_request * self.max_text_chars * 4 + 65536)
         options = [
+            # The port is this server's alone: with SO_REUSEPORT (grpc's default) a second server on the same
+            # port starts silently and takes half the connections.
+            ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", max_message),
             # Let clients keep idle connections alive with their own pings (every 10 s at most).
             ("grpc.keepalive_permit_without_calls", 1),

@@ -115,11 +115,28 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         #: Calls an engine accepted and has not finished; draining waits for this to reach 0 (calls it is
         #: rejecting do not count: retrying clients must not keep a drain waiting).
         self.accepted_calls = 0
+        #: When the last translation call arrived (the event loop's clock): a drain waits for a quiet moment.
+        self.last_call_time = 0.0
+        # Set while a drain closes the port: calls refused meanwhile wait for it (MtserveServer.stop).
+        self._refusals_held: asyncio.Event | None = None
         # Large requests are tokenized and split here, so that the event loop keeps answering meanwhile.
         self._prepare_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="mtserve-prepare")
 
     def close(self) -> None:
         self._prepare_pool.shutdown(wait=False, cancel_futures=True)
+
+    def hold_refusals(self) -> None:
+        """From now on, calls refused because the server drains wait for :meth:`release_refusals`."""
+        self._refusals_held = asyncio.Event()
+
+    def release_refusals(self) -> None:
+        if self._refusals_held is not None:
+            self._refusals_held.set()
+
+    async def _refuse_draining(self) -> None:
+        if self._refusals_held is not None:
+            await self._refusals_held.wait()
+        raise DrainingError()
 
     # -- RPCs -------------------------------------------------------------------------------------
 
@@ -163,14 +180,19 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         self._end(context, outcome, grpc.StatusCode.OK)
 
     async def ListModels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.last_call_time = asyncio.get_running_loop().time()
         if self.registry.draining:  # like every call while draining: go elsewhere (UNAVAILABLE)
-            status = status_for(DrainingError())
-            await context.abort(status.code, status.details)
+            try:
+                await self._refuse_draining()
+            except DrainingError as exc:
+                status = status_for(exc)
+                await context.abort(status.code, status.details)
         return pb2.ListModelsResponse(models=[self._model_info(m) for m in self.registry.ordered()])
 
     # -- preparing a call -------------------------------------------------------------------------
 
     def _begin(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> _Outcome:
+        self.last_call_time = asyncio.get_running_loop().time()
         given = dict(context.invocation_metadata() or ()).get("x-request-id", "")
         request_id = given if isinstance(given, str) and _REQUEST_ID.match(given) else uuid.uuid4().hex
         context.set_trailing_metadata((("x-request-id", request_id),))
@@ -181,7 +203,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
     ) -> _Call:
         """Validate, tokenize and split a request; large ones off the event loop."""
         if self.registry.draining:
-            raise DrainingError()
+            await self._refuse_draining()
         # Counted from here, so that a drain cannot close the port on a call it has let in.
         self.accepted_calls += 1
         outcome.accepted = True

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -29,6 +31,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mtserve.engine.translator import Translation, Translator
 from mtserve.model.checkpoint import save_model
@@ -43,6 +46,8 @@ T = TypeVar("T")
 
 #: Seconds any bounded wait in these tests may take before it fails (generous: 2 busy cores).
 WAIT_SECONDS = 30.0
+#: Seconds a `mtserve serve` subprocess may take to report SERVING.
+STARTUP_SECONDS = 120.0
 
 # Model shapes: small enough that a decoder step takes a millisecond or two on a CPU.
 _ARCH: dict[str, Any] = {
@@ -316,10 +321,54 @@ class StepGate:
             pytest.fail("the engine never reached a decoder step")
 
 
+def mtserve_command() -> list[str]:
+    """The installed console script next to this interpreter, else the module."""
+    script = Path(sys.executable).with_name("mtserve")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mtserve.server.cli"]
+
+
+class ServeProcess:
+    """A `mtserve serve` subprocess whose output goes to a log file (read back when a test fails)."""
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [*mtserve_command(), "serve", *args], stdout=self._log, stderr=subprocess.STDOUT, env=env
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_serving(self, address: str, helpers: Any = None) -> None:
+        with grpc.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+
+            def serving() -> bool:
+                if self.process.poll() is not None:
+                    pytest.fail(f"mtserve serve exited with {self.process.returncode}:\n{self.log()}")
+                try:
+                    response = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                except grpc.RpcError:
+                    return False
+                return response.status == health_pb2.HealthCheckResponse.SERVING
+
+            wait_until(serving, "mtserve serve to report SERVING", timeout=STARTUP_SECONDS)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+        self._log.close()
+
+
+
 class Helpers:
     """The helpers above, for test modules (a conftest is not importable by name)."""
 
     ServerThread = ServerThread
+    ServeProcess = ServeProcess
     StepGate = StepGate
     wait_until = staticmethod(wait_until)
     free_port = staticmethod(free_port)
@@ -335,3 +384,17 @@ class Helpers:
 @pytest.fixture(scope="session")
 def helpers() -> type[Helpers]:
     return Helpers
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The load tests' figures (tests/server/_load.py's REPORT), with the machine they were measured on."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        from _load import REPORT, cpu_line
+    finally:
+        sys.path.pop(0)
+    if REPORT.rows:
+        terminalreporter.section("load test figures")
+        terminalreporter.write_line(f"machine: {cpu_line()}")
+        for test, figures in REPORT.rows:
+            terminalreporter.write_line(f"{test}: {figures}")
