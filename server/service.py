@@ -262,6 +262,10 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             for text in call_texts
             for j, piece in enumerate(text.segments)
         ]
+        if len(engine_texts) > config.max_queue:  # long texts are split: count what the queue would hold
+            raise ValidationError(
+                "texts", f"the request splits into {len(engine_texts)} sentences, more than the queue holds "
+                f"(max_queue={config.max_queue}); send fewer or shorter texts")
         engine_request = Request(next(_engine_request_ids), engine_texts, arrival_time=time.monotonic(),
                                  deadline=deadline, label=request_id)
         return _Call(request_id, model, options, request.options.return_scores, call_texts, engine_request,

@@ -97,7 +97,8 @@ def test_sigterm_under_load_every_call_completes_or_is_refused(served: Served, h
         return request, 60.0, kind
 
     thread, box = in_background(lambda: closed_loop(
-        served.address, make, workers=24, until=lambda: exited() is not None, backoff_seconds=0.002, max_backoff_seconds=0.005))
+        served.address, make, workers=24, until=lambda: exited() is not None,
+        backoff_seconds=0.002, max_backoff_seconds=0.005))  # clients that retry at once, to race the drain
     time.sleep(6.0 if LONG else 2.0)
     signalled = time.monotonic()
     served.process.process.send_signal(signal.SIGTERM)
