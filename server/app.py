@@ -174,7 +174,7 @@ async def serve_async(config: ServerConfig) -> int:
 
 def serve(config: ServerConfig) -> int:
     """`mtserve serve`: run until SIGTERM/SIGINT; the exit code."""
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     log.info("effective configuration:\n%s", render_config(config))
     if config.threads is not None:
         import torch

@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve_main(argv: Sequence[str]) -> int:
     """``mtserve serve``: parse flags and env into a ServerConfig and hand it to ``mtserve.server.app.serve``."""
-    from .config import build_serve_parser, config_from_args, configure_logging
+    from .config import build_serve_parser, config_from_args
 
     parser = build_serve_parser()
     args = parser.parse_args(list(argv))
@@ -72,20 +72,9 @@ def serve_main(argv: Sequence[str]) -> int:
         config = config_from_args(args)
     except ValueError as e:
         parser.error(str(e))  # exits 2
-    configure_logging(config.log_level)
-    try:
-        from . import app
-    except ModuleNotFoundError as e:
-        if e.name != "mtserve.server.app":
-            raise
-        print("mtserve serve: the server application (mtserve.server.app) is not part of this build yet",
-              file=sys.stderr)
-        return 2
-    serve = getattr(app, "serve", None)
-    if serve is None:
-        print("mtserve serve: mtserve.server.app has no serve(config) function", file=sys.stderr)
-        return 2
-    return int(serve(config) or 0)  # serve() logs render_config(config) at start
+    from .app import serve
+
+    return serve(config)  # logs the effective configuration at start
 
 
 if __name__ == "__main__":

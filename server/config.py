@@ -8,6 +8,7 @@ default. ``--model`` repeats; its env variable takes a comma-separated list.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 QUANTIZE_MODES = ("none", "int8")  # as model/quantize.py; repeated so that the config needs no torch import
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # gRPC's default receive limit; raised when the configured texts could be larger (UTF-8: <= 4 bytes/char).
 _DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
@@ -88,6 +90,8 @@ class ServerConfig:
     max_connection_age_seconds: float = 300.0
     max_connection_age_grace_seconds: float = 60.0
     log_level: str = "INFO"
+    # text: one human-readable line per record; json: one JSON object per line (for log pipelines).
+    log_format: str = "text"
     # Where each value came from ("flag", "env MTSERVE_X"); set by config_from_args, for the start-up log.
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -133,6 +137,8 @@ class ServerConfig:
         if level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         self.log_level = level
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
 
     @property
     def default_model_name(self) -> str | None:
@@ -248,6 +254,7 @@ _FLAGS = (
           "S"),
     _Flag("max_connection_age_grace_seconds", float, "time calls on a closing connection may finish in", "S"),
     _Flag("log_level", str, "DEBUG, INFO, WARNING, ERROR or CRITICAL", "LEVEL"),
+    _Flag("log_format", str, "text, or json: one JSON object per line", "FORMAT"),
 )
 _DEFAULTS = {f.name: f.default for f in fields(ServerConfig) if f.name not in ("models", "sources")}
 
@@ -327,6 +334,28 @@ def render_config(config: ServerConfig) -> str:
     return "\n".join(lines)
 
 
-def configure_logging(level: str) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, the exception if any, and the fields of
+    an access-log record (``extra={"access": {...}}``) at the top level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "access", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
     """Process-wide logging for ``mtserve serve`` (the CLI calls it; libraries never do)."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
