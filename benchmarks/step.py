@@ -89,14 +89,14 @@ def measure(model_dir: Path, device: str, source_length: int, position: int, ste
     from mtserve.engine import Translator
     from mtserve.engine.batch import NewText
     from mtserve.engine.core import EngineCore
-    from mtserve.engine.scheduler import Request, Text
+    from mtserve.engine.scheduler import Request, Scheduler, Text
     from mtserve.model.options import SearchOptions
 
     translator = Translator.load(model_dir, device=device, dtype="float16" if device == "cuda" else "float32")
     model = translator.model
     config = model.config
     source = [5 + i % 100 for i in range(source_length - 1)] + [config.eos_token_id]
-    core = EngineCore(model, max_rows=1, max_batch_tokens=source_length, max_queue=1, name="step")
+    core = EngineCore(model, Scheduler(1, source_length, 1), name="step")
     # min_length keeps the text running up to the position measured (the model may want to stop earlier).
     options = SearchOptions(max_length=position + steps + 8, min_length=position + steps + 4)
     core.submit(Request("text", [Text("text", 1, len(source), options.max_length, work=NewText(source, options))],

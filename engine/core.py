@@ -38,7 +38,7 @@ from mtserve.model.transformer import MarianTransformer
 
 from .batch import Batch
 from .events import FinishReason, TextEvent
-from .scheduler import Order, Request, Scheduler, Text
+from .scheduler import Request, Scheduler, Text
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +67,15 @@ class EngineCore:
     def __init__(
         self,
         model: MarianTransformer,
+        scheduler: Scheduler,
         *,
-        max_rows: int,
-        max_batch_tokens: int,
-        max_queue: int,
-        order: Order = "arrival",
-        aging_seconds: float = 2.0,
         name: str = "model",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self.clock = clock
-        self.scheduler = Scheduler(max_rows, max_batch_tokens, max_queue, order=order, aging_seconds=aging_seconds)
-        self.batch = Batch(model, max_rows)
+        self.scheduler = scheduler
+        self.batch = Batch(model, scheduler.max_rows)
         self._vocab_size = model.config.target_vocab_size
         #: Test-only fault injection: called with (phase, texts) before each encoder pass, decoder pass and
         #: search advance, and may raise. Nothing a caller sends (no request field, flag or variable)

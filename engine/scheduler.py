@@ -27,6 +27,11 @@ Policy, and why:
   stream of narrow ones. A request that holds no rows and has been passed over for ``aging_seconds``
   reserves the rows it needs: nothing behind it is admitted until it fits, and since running texts
   only finish, its room always comes.
+- **Newcomers join in groups.** While texts are running, waiting texts are admitted once
+  ``join_rows`` rows are free (an eighth of the rows by default) or after they have been held
+  ``join_steps`` steps (4). An encoder pass for one newcomer costs nearly what one for several does:
+  at saturation, when a row frees at almost every step, admitting each newcomer alone spent 45% of the
+  engine's time encoding (the tiny test model, 16 rows). An idle batch admits at once.
 - **Within a request**, texts start in order (``order="arrival"``), or longest first
   (``order="longest_first"``: the offline Translator's order, so that texts decoding together have
   similar lengths and pad less).
@@ -138,6 +143,8 @@ class Scheduler:
         *,
         order: Order = "arrival",
         aging_seconds: float = 2.0,
+        join_rows: int | None = None,
+        join_steps: int = 4,
     ) -> None:
         for name, value in (("max_rows", max_rows), ("max_batch_tokens", max_batch_tokens),
                             ("max_queue", max_queue)):
@@ -152,6 +159,13 @@ class Scheduler:
         self.max_queue = max_queue
         self.order = order
         self.aging_seconds = aging_seconds
+        self.join_rows = max(1, max_rows // 8) if join_rows is None else join_rows
+        if not 1 <= self.join_rows <= max_rows:
+            raise ValueError(f"join_rows must be in [1, max_rows={max_rows}], got {self.join_rows!r}")
+        if join_steps < 0:
+            raise ValueError(f"join_steps must be >= 0, got {join_steps!r}")
+        self.join_steps = join_steps
+        self._held_steps = 0  # steps newcomers have been held back for company (see _admit)
         # Waiting texts per request, requests in arrival order; texts in the order they start.
         self._waiting: dict[Hashable, deque[Text]] = {}
         self._num_waiting = 0
@@ -356,6 +370,10 @@ class Scheduler:
         free = self.max_rows - self._rows_in_use
         if free == 0 or not self._waiting:
             return
+        if self._running and free < self.join_rows and self._held_steps < self.join_steps:
+            self._held_steps += 1  # newcomers join in groups: one encoder pass for several
+            return
+        self._held_steps = 0
         self._budget = self.max_batch_tokens
         starving = self._starving(now)
         if starving is not None:

@@ -31,7 +31,7 @@ from mtserve.model.transformer import MarianTransformer
 
 from .batch import NewText
 from .core import EngineCore
-from .scheduler import Request, Text
+from .scheduler import Request, Scheduler, Text
 
 # Offline, every text of a call is queued at once and newcomers are encoded together, as many as fit.
 _UNBOUNDED = 2**62
@@ -146,8 +146,8 @@ class Translator:
         with self._core_lock:
             core, self._idle_core = self._idle_core, None
         if core is None or core.batch.num_rows != rows:
-            core = EngineCore(self.model, max_rows=rows, max_batch_tokens=_UNBOUNDED, max_queue=_UNBOUNDED,
-                              order="longest_first", name=str(self.path or "offline"))
+            scheduler = Scheduler(rows, _UNBOUNDED, _UNBOUNDED, order="longest_first")
+            core = EngineCore(self.model, scheduler, name=str(self.path or "offline"))
         return core
 
     def translate(self, texts: Sequence[str], **options: Any) -> list[Translation]:

@@ -35,7 +35,7 @@ def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
 
 def _final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> grpc.StatusCode:
     """The status the call ends with, as grpc.aio will send it."""
-    if isinstance(exc, asyncio.CancelledError):  # grpc.aio cancels the handler: client gone, or deadline
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):  # grpc.aio ends the handler: client gone, or deadline
         return cancelled_status(context)
     code = context.code()  # set by context.abort / set_code
     if code is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mtserve.engine.core import EngineCore
 from mtserve.engine.errors import EngineDeadError
+from mtserve.engine.scheduler import Scheduler
 from mtserve.engine.translator import Translator
 
 from .config import ModelSpec, ServerConfig
@@ -95,8 +96,8 @@ class ModelRegistry:
         translator = Translator.load(spec.path, device=config.device, dtype=config.dtype, quantize=config.quantize)
         # Warm-up: the first step pays for allocator and kernel initialisation, not the first caller.
         translator.translate(["Warm-up."], max_length=4)
-        core = EngineCore(translator.model, max_rows=config.max_batch_rows, max_batch_tokens=config.max_batch_tokens,
-                          max_queue=config.max_queue, name=spec.name)
+        scheduler = Scheduler(config.max_batch_rows, config.max_batch_tokens, config.max_queue)
+        core = EngineCore(translator.model, scheduler, name=spec.name)
         engine = EngineThread(spec.name, core, self.metrics, on_death=lambda _: self._engine_died(spec.name))
         engine.start()
         source, target = model_languages(Path(spec.path))

@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 
 from mtserve.engine.batch import NewText
+from mtserve.engine.errors import QueueFullError
 from mtserve.engine.events import FinishReason, TextEvent
 from mtserve.engine.scheduler import Request, Text
 from mtserve.model.options import MAX_LENGTH_PENALTY, SearchOptions, asks_for_sampling, merge_defaults
@@ -231,6 +232,9 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             if len(text) > config.max_text_chars:
                 raise ValidationError(f"texts[{i}]", f"{len(text)} characters, at most {config.max_text_chars}")
         model = self.registry.get(request.model)
+        scheduler = model.engine.scheduler
+        if scheduler.num_waiting + len(texts) > scheduler.max_queue:  # refused before any tokenizing
+            raise QueueFullError(len(texts), scheduler.num_waiting, scheduler.max_queue)
         for field_name, given, served in (
             ("source_language", request.source_language, model.source_language),
             ("target_language", request.target_language, model.target_language),
@@ -448,9 +452,9 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
     # -- errors, metrics and the access log ----------------------------------------------------------
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException, outcome: _Outcome) -> None:
-        if isinstance(exc, asyncio.CancelledError):
-            # grpc.aio cancels the handler when the client goes away *or* the deadline passes: nobody to
-            # answer, but the metrics say which (as the interceptor's grpc_code does).
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            # grpc.aio cancels the handler (or closes a stream's generator) when the client goes away *or*
+            # the deadline passes: nobody to answer, but the metrics say which (as the interceptor does).
             code = cancelled_status(context)
             deadline = code == grpc.StatusCode.DEADLINE_EXCEEDED
             reason = DeadlineExceededError.reason if deadline else RequestCancelledError.reason
@@ -473,6 +477,8 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         seconds = time.monotonic() - outcome.started
         if self.metrics is not None:
             self.metrics.observe_request(outcome.model, code, seconds)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         access_log.info(
             "%s model=%s texts=%d input_tokens=%d output_tokens=%d code=%s duration_ms=%.1f request_id=%s",
             outcome.method, outcome.model or "-", outcome.texts, outcome.input_tokens, outcome.output_tokens,

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from mtserve.engine.batch import NewText
 from mtserve.engine.core import EngineCore
-from mtserve.engine.scheduler import Request, Text
+from mtserve.engine.scheduler import Request, Scheduler, Text
 from mtserve.model.checkpoint import load_model, save_model
 from mtserve.model.config import MarianConfig
 from mtserve.model.options import SearchOptions
@@ -332,8 +332,8 @@ def greedy_decode(model: MarianTransformer, sources: Sequence[list[int]], max_ro
     for index, source in enumerate(sources):
         options = SearchOptions(beam_size=1, max_length=min(limit, 2 * len(source) + 10))
         texts.append(Text(index, 1, len(source), options.max_length, work=NewText(list(source), options)))
-    core = EngineCore(model, max_rows=max(1, min(max_rows, len(sources))), max_batch_tokens=2**62,
-                      max_queue=max(1, len(sources)), name="evaluation")
+    scheduler = Scheduler(max(1, min(max_rows, len(sources))), 2**62, max(1, len(sources)))
+    core = EngineCore(model, scheduler, name="evaluation")
     events = core.run_to_end(Request("evaluation", texts, arrival_time=0.0))
     model.train(was_training)
     return [event.hypotheses[0].token_ids if event.hypotheses else [] for event in events]

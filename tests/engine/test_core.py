@@ -17,7 +17,7 @@ from _tiny_model import EOS
 from mtserve.engine.batch import NewText
 from mtserve.engine.core import EngineCore, is_out_of_memory
 from mtserve.engine.events import FinishReason, TextEvent
-from mtserve.engine.scheduler import Request, Text
+from mtserve.engine.scheduler import Request, Scheduler, Text
 from mtserve.model.options import SearchOptions
 from mtserve.model.transformer import MarianTransformer
 
@@ -35,8 +35,7 @@ def source(n: int, seed: int = 0) -> list[int]:
 
 
 def make(model: MarianTransformer, rows: int, clock: Clock | None = None) -> EngineCore:
-    return EngineCore(model, max_rows=rows, max_batch_tokens=1000, max_queue=100, name="test",
-                      clock=clock or Clock())
+    return EngineCore(model, Scheduler(rows, 1000, 100), name="test", clock=clock or Clock())
 
 
 def submit(core: EngineCore, request_id: str, max_length: int, *, beam: int = 1, texts: int = 1,

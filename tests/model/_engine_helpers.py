@@ -9,7 +9,7 @@ from collections.abc import Hashable, Sequence
 
 from mtserve.engine.batch import NewText
 from mtserve.engine.core import EngineCore
-from mtserve.engine.scheduler import Request, Text
+from mtserve.engine.scheduler import Request, Scheduler, Text
 from mtserve.model.options import SearchOptions
 from mtserve.model.search import Hypothesis
 from mtserve.model.transformer import MarianTransformer
@@ -17,7 +17,7 @@ from mtserve.model.transformer import MarianTransformer
 
 def engine_core(model: MarianTransformer, num_rows: int) -> EngineCore:
     """An engine core on `model` with `num_rows` rows and no queue or token limits to speak of."""
-    return EngineCore(model, max_rows=num_rows, max_batch_tokens=2**30, max_queue=2**30, name="test")
+    return EngineCore(model, Scheduler(num_rows, 2**30, 2**30), name="test")
 
 
 def submit_text(core: EngineCore, key: Hashable, source: Sequence[int], options: SearchOptions) -> Text:

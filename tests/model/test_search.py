@@ -297,9 +297,9 @@ def test_translator_sizes_the_cache_by_need(
     sizes: list[int] = []
 
     class SpyCore(translator_module.EngineCore):
-        def __init__(self, model: MarianTransformer, *, max_rows: int, **kwargs: Any) -> None:
-            sizes.append(max_rows)
-            super().__init__(model, max_rows=max_rows, **kwargs)
+        def __init__(self, model: MarianTransformer, scheduler: Any, **kwargs: Any) -> None:
+            sizes.append(scheduler.max_rows)
+            super().__init__(model, scheduler, **kwargs)
 
     monkeypatch.setattr(translator_module, "EngineCore", SpyCore)
     translator = translator_module.Translator(model, tokenizer=None, max_batch_rows=16)  # type: ignore[arg-type]

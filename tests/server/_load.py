@@ -33,18 +33,21 @@ class Call:
     deadline: float | None  # seconds the call was given
     cancelled_by_us: bool = False
     details: str = ""
+    ended: float = 0.0  # seconds from the start of the load
 
 
 @dataclass
 class LoadResult:
     calls: list[Call]
     seconds: float
+    window: float | None = None  # the load's planned duration: rates count calls that ended within it
 
     def codes(self) -> Counter[str]:
         return Counter(call.code for call in self.calls)
 
     def rate(self, code: str = "OK") -> float:
-        return sum(1 for call in self.calls if call.code == code) / self.seconds
+        window = self.window or self.seconds
+        return sum(1 for call in self.calls if call.code == code and call.ended <= window) / window
 
     def percentile(self, q: float, code: str = "OK") -> float:
         times = sorted(call.seconds for call in self.calls if call.code == code)
@@ -135,6 +138,7 @@ def closed_loop(
                     request, deadline, kind = make_request(rng)
                     after = cancel_after(rng) if cancel_after is not None else None
                     call = await _one(stub, request, deadline, kind, after)
+                    call.ended = time.monotonic() - started
                     outcomes.append(call)
                     if call.code in REFUSED_NAMES:  # back off exponentially, with full jitter, as retry policies do
                         refusals += 1
@@ -143,7 +147,7 @@ def closed_loop(
                         refusals = 0
 
             await asyncio.gather(*(worker(i) for i in range(workers)))
-        return LoadResult(outcomes, time.monotonic() - started)
+        return LoadResult(outcomes, time.monotonic() - started, seconds)
 
     return asyncio.run(main())
 
