@@ -3,7 +3,7 @@
     python -m benchmarks.serving [--model DIR] [--concurrency 1 4 16 64 256] [--requests 256]
     python -m benchmarks.serving --quick      # issue 3's check: concurrency 32 only
 
-For each server configuration (the normal batch limits, then ``--max-batch-size 1``: one text in the
+For each server configuration (the normal batch limits, then ``--max-batch-rows 1``: one text in the
 decoder at a time, i.e. no batching at all) a fresh server is started, warmed up with a few requests,
 and ``mtserve bench --json`` runs closed-loop at each concurrency with single-sentence requests.
 Reported per point: requests/s, generated tokens/s, p50 and p99 latency. The summary gives, per
@@ -171,10 +171,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="requests per point, at least the concurrency (%(default)s)")
     p.add_argument("--sentences", type=int, default=500, help="distinct input sentences, cycled (%(default)s)")
     p.add_argument("--beam-size", type=int, default=1,
-                   help="beam of every request (%(default)s); the unbatched server gets --max-batch-size = beam")
+                   help="beam of every request (%(default)s); the unbatched server gets --max-batch-rows = beam")
     p.add_argument("--max-length", type=int, default=128, help="(%(default)s)")
-    p.add_argument("--max-batch-size", type=int, default=None,
-                   help="the batched server's --max-batch-size (default: the server's own default)")
+    p.add_argument("--max-batch-rows", type=int, default=None,
+                   help="the batched server's --max-batch-rows (default: the server's own default)")
     p.add_argument("--threads", type=int, default=None, help="the server's torch threads (default: all cores)")
     p.add_argument("--device", default="auto", help="the server's --device (%(default)s)")
     p.add_argument("--warmup", type=int, default=16, help="requests sent before measuring (%(default)s)")
@@ -191,10 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, model_note = resolve_model(args.model, threads)
     concurrencies = [32] if args.quick else args.concurrency
     common = ["--device", args.device]
-    batched_args = [*common, *(["--max-batch-size", str(args.max_batch_size)] if args.max_batch_size else [])]
-    configs = [Config("batched" + (f" (max-batch-size {args.max_batch_size})" if args.max_batch_size else ""),
+    batched_args = [*common, *(["--max-batch-rows", str(args.max_batch_rows)] if args.max_batch_rows else [])]
+    configs = [Config("batched" + (f" (max-batch-rows {args.max_batch_rows})" if args.max_batch_rows else ""),
                       batched_args),
-               Config(f"max-batch-size {args.beam_size}", [*common, "--max-batch-size", str(args.beam_size)])]
+               Config(f"max-batch-rows {args.beam_size}", [*common, "--max-batch-rows", str(args.beam_size)])]
     texts, origin = load_sentences(args.sentences)
     notes = [f"model: {model_note}", f"inputs: {len(texts)} single-sentence requests from {origin}, cycled",
              "client: mtserve bench (closed loop) on the same machine; latency of OK requests",
