@@ -259,7 +259,9 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
                     raise ValidationError(f"texts[{i}]", str(exc)) from None
             call_texts.append(_Text(i, segments))
 
-        stream_tokens = stream and request.partial_results and options.beam_size == 1 and options.num_hypotheses == 1
+        # Partials stream what can no longer change: greedy and one-sample tokens as they come, the prefix
+        # that every live beam shares in beam search; n independent samples have no one partial to show.
+        stream_tokens = stream and request.partial_results and not (options.sampling and options.num_hypotheses > 1)
         engine_texts = [
             Text((text.index, j), options.rows, len(piece.source_ids), options.max_length,
                  work=NewText(piece.source_ids, options, stream=stream_tokens))

@@ -288,3 +288,28 @@ def test_extreme_but_valid_options_decode_beside_others(varied: MarianTransforme
         assert all(torch.isfinite(torch.tensor(h.score)) for h in event.hypotheses or [])
     for text in plain:
         assert run.tokens(text) == _alone(varied, 9, 1, seed=text.text_id[1])
+
+
+@pytest.mark.parametrize("beam", [1, 2, 4])
+def test_streamed_tokens_spell_the_best_hypothesis(varied: MarianTransformer, beam: int) -> None:
+    """What a text streams can never be taken back: beam search emits the prefix all its candidates share,
+    so the tokens emitted over all steps are exactly the best hypothesis's."""
+    core = make(varied, rows=64)
+    texts = []
+    for i in range(12):
+        search = SearchOptions(beam_size=beam, max_length=20)
+        texts.append(Text(("s", i), beam, 6, 20, work=NewText(source(6 + i % 5, seed=i), search, stream=True)))
+    core.submit(Request("s", texts, arrival_time=0.0))
+    emitted: dict[Text, list[int]] = {text: [] for text in texts}
+    best: dict[Text, list[int]] = {}
+    early = 0
+    while core.has_work():
+        for event in core.step().events:
+            emitted[event.text] += event.new_token_ids
+            if event.finished:
+                assert event.hypotheses
+                best[event.text] = event.hypotheses[0].token_ids
+            elif event.new_token_ids:
+                early += 1
+    assert all(emitted[text] == best[text] for text in texts)
+    assert early > 0, "nothing was streamed before the end"

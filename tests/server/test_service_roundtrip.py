@@ -130,12 +130,32 @@ def test_stream_partial_results_grow(stub: Any, offline: Callable[[str], Transla
         assert partials[0].text  # the first token already shows
 
 
-def test_stream_partial_results_ignored_for_beam_search(stub: Any) -> None:
+def test_stream_partials_with_beam_search_never_take_anything_back(stub: Any, helpers: Any) -> None:
+    """Beam search streams the prefix its live beams share: every partial is a prefix of the final result."""
+    texts = helpers.sample_texts(8, seed=11)
+    request = pb2.TranslateRequest(texts=texts, partial_results=True,
+                                   options=pb2.DecodingOptions(max_length=24, beam_size=4))
+    messages = list(stub.TranslateStream(request, timeout=60))
+    finals = {m.result.index: m.result for m in messages if m.WhichOneof("event") == "result"}
+    assert sorted(finals) == list(range(len(texts)))
+    alone = stub.Translate(pb2.TranslateRequest(texts=texts, options=request.options), timeout=60)
+    assert [finals[i].text for i in range(len(texts))] == [r.text for r in alone.results]  # streaming changes nothing
+    partials = [m.partial for m in messages if m.WhichOneof("event") == "partial"]
+    assert partials, "beam search streamed no partial at all"
+    for index in range(len(texts)):
+        mine = [p for p in partials if p.index == index]
+        assert [p.output_tokens for p in mine] == sorted(p.output_tokens for p in mine)
+        for partial in mine:
+            assert finals[index].text.startswith(partial.text), (partial.text, finals[index].text)
+            assert partial.output_tokens < finals[index].output_tokens
+
+
+def test_stream_partial_results_ignored_for_several_samples(stub: Any) -> None:
     request = pb2.TranslateRequest(
         texts=["Tom reads the house."],
         model="endless",
         partial_results=True,
-        options=pb2.DecodingOptions(max_length=6, beam_size=2),
+        options=pb2.DecodingOptions(max_length=6, sampling_topk=5, num_hypotheses=2, seed=3),
     )
     messages = list(stub.TranslateStream(request, timeout=60))
     assert [m.WhichOneof("event") for m in messages] == ["result"]
