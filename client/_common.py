@@ -82,20 +82,32 @@ def channel_options(lb_policy: str | None = "round_robin") -> list[tuple[str, ob
     return options
 
 
+def _pem(value: bytes | str | Path | None) -> bytes | None:
+    return value if isinstance(value, bytes) or value is None else Path(value).read_bytes()
+
+
 def channel_credentials(
     credentials: grpc.ChannelCredentials | None,
     root_certificates: bytes | str | Path | None,
     tls: bool,
+    certificate_chain: bytes | str | Path | None = None,
+    private_key: bytes | str | Path | None = None,
 ) -> grpc.ChannelCredentials | None:
-    """None for plaintext; else the given credentials, or TLS with these roots (a PEM path or bytes)."""
+    """None for plaintext; else the given credentials, or TLS: with these roots (a PEM path or bytes; None:
+    the system's), and with a client certificate and key for mutual TLS. Any of them turns TLS on."""
     if credentials is not None:
         return credentials
-    if root_certificates is not None:
-        pem = root_certificates if isinstance(root_certificates, bytes) else Path(root_certificates).read_bytes()
-        return grpc.ssl_channel_credentials(root_certificates=pem)
-    if tls:
-        return grpc.ssl_channel_credentials()  # the system's roots
-    return None
+    if (certificate_chain is None) != (private_key is None):
+        raise ValueError("a client certificate and its private key go together: give both or neither")
+    if not (tls or root_certificates is not None or certificate_chain is not None):
+        return None
+    return grpc.ssl_channel_credentials(root_certificates=_pem(root_certificates), private_key=_pem(private_key),
+                                        certificate_chain=_pem(certificate_chain))
+
+
+def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The metadata every call carries: the bearer token, when there is one."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
 
 
 # -- messages -------------------------------------------------------------------------------------

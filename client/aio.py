@@ -24,6 +24,7 @@ from ._common import (
     DecodingOptions,
     RetryPolicy,
     build_request,
+    call_metadata,
     channel_credentials,
     channel_options,
     channel_target,
@@ -54,13 +55,17 @@ class AsyncTranslationClient:
         credentials: grpc.ChannelCredentials | None = None,
         root_certificates: bytes | str | Path | None = None,
         tls: bool = False,
+        certificate_chain: bytes | str | Path | None = None,
+        private_key: bytes | str | Path | None = None,
+        token: str | None = None,
         lb_policy: str | None = "round_robin",
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.target = channel_target(target_or_targets)
         self.timeout = timeout
         self.retry_policy = retry_policy or RetryPolicy(retries=retries)
-        creds = channel_credentials(credentials, root_certificates, tls)
+        self._metadata = call_metadata(token)
+        creds = channel_credentials(credentials, root_certificates, tls, certificate_chain, private_key)
         opts = [*channel_options(lb_policy), *options]
         self._channel = (grpc.aio.secure_channel(self.target, creds, options=opts) if creds is not None
                          else grpc.aio.insecure_channel(self.target, options=opts))
@@ -124,7 +129,7 @@ class AsyncTranslationClient:
         deadline = deadline_after(self.timeout if timeout is _UNSET else timeout)
         delays = self.retry_policy.delays()
         while True:
-            call = self._stub.TranslateStream(request, timeout=remaining(deadline))
+            call = self._stub.TranslateStream(request, timeout=remaining(deadline), metadata=self._metadata)
             received = False
             try:
                 async for message in call:
@@ -158,7 +163,7 @@ class AsyncTranslationClient:
         delays = self.retry_policy.delays()
         while True:
             try:
-                return await method(request, timeout=remaining(deadline))
+                return await method(request, timeout=remaining(deadline), metadata=self._metadata)
             except grpc.RpcError as error:
                 await self._sleep_or_raise(error, delays, deadline)
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .aio import AsyncTranslationClient
-from .cli import add_connection_arguments, add_decoding_arguments, decoding_kwargs
+from .cli import add_connection_arguments, add_decoding_arguments, connection_kwargs, decoding_kwargs
 from .types import TranslationError
 
 # Varied lengths, so that batches mix short and long texts as real traffic does. German, because the
@@ -82,16 +82,18 @@ async def run_bench(
     texts: Sequence[str] = SENTENCES,
     connections: int = 1,
     timeout: float | None = 60.0,
+    connection: dict[str, Any] | None = None,
     **translate_kwargs: Any,
 ) -> BenchReport:
-    """Run the load and return the report. Stops after ``requests`` requests or ``duration`` seconds."""
+    """Run the load and return the report. Stops after ``requests`` requests or ``duration`` seconds.
+    ``connection``: more client keywords (TLS, token), as cli.connection_kwargs gives them."""
     if requests is None and duration is None:
         raise ValueError("give requests or duration")
     if not texts:
         raise ValueError("no input texts")
     # Separate subchannel pools give separate TCP connections, as ghz --connections does.
     extra = [("grpc.use_local_subchannel_pool", 1)] if connections > 1 else []
-    clients = [AsyncTranslationClient(target, timeout=timeout, retries=0, options=extra)
+    clients = [AsyncTranslationClient(target, timeout=timeout, retries=0, options=extra, **(connection or {}))
                for _ in range(connections)]
     latencies: list[float] = []
     codes: Counter[str] = Counter()
@@ -206,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = asyncio.run(run_bench(
         args.server, concurrency=args.concurrency, requests=args.requests, duration=args.duration,
         texts_per_request=args.texts_per_request, texts=texts, connections=args.connections,
-        timeout=args.timeout, **decoding_kwargs(args),
+        timeout=args.timeout, connection={k: v for k, v in connection_kwargs(args).items() if k != "timeout"},
+        **decoding_kwargs(args),
     ))
     if args.json:
         data = asdict(report)

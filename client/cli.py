@@ -25,6 +25,23 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
                              "(round_robin) [env MTSERVE_SERVER; default %(default)s]")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="deadline of each call in seconds (default %(default)s)")
+    g = parser.add_argument_group("security")
+    g.add_argument("--tls", action="store_true", help="TLS with the system's CA certificates")
+    g.add_argument("--ca", metavar="FILE", help="TLS, trusting this CA certificate (PEM)")
+    g.add_argument("--cert", metavar="FILE", help="the client's certificate (PEM), for mutual TLS")
+    g.add_argument("--key", metavar="FILE", help="the client's private key (PEM), for mutual TLS")
+    g.add_argument("--token-file", metavar="FILE",
+                   help="a file holding the bearer token [env MTSERVE_TOKEN holds the token itself]")
+
+
+def connection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """TranslationClient / AsyncTranslationClient keywords from add_connection_arguments' flags."""
+    token = os.environ.get("MTSERVE_TOKEN") or None
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    return {"timeout": args.timeout, "tls": args.tls, "root_certificates": args.ca, "certificate_chain": args.cert,
+            "private_key": args.key, "token": token}
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -145,7 +162,7 @@ def translate_main(argv: Sequence[str] | None = None) -> int:
             with open(args.input, encoding="utf-8") as f:
                 total = sum(1 for _ in f)
             progress = tqdm(total=total, unit="line", file=sys.stderr, dynamic_ncols=True)
-        with TranslationClient(args.server, timeout=args.timeout) as client:
+        with TranslationClient(args.server, **connection_kwargs(args)) as client:
             _translate_lines(client, lines, out, args, progress)
     except TranslationError as e:
         print(f"mtserve translate: {e}", file=sys.stderr)
@@ -169,7 +186,7 @@ def models_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
     try:
-        with TranslationClient(args.server, timeout=args.timeout) as client:
+        with TranslationClient(args.server, **connection_kwargs(args)) as client:
             models = client.list_models()
     except TranslationError as e:
         print(f"mtserve models: {e}", file=sys.stderr)

@@ -25,6 +25,7 @@ from ._common import (
     DecodingOptions,
     RetryPolicy,
     build_request,
+    call_metadata,
     channel_credentials,
     channel_options,
     channel_target,
@@ -50,6 +51,9 @@ class TranslationClient:
         retries: how many times a call failing with UNAVAILABLE is retried (others never are).
         credentials / root_certificates / tls: TLS; plaintext when none is given. root_certificates
             is PEM bytes or a file path; tls=True uses the system's roots.
+        certificate_chain / private_key: the client's certificate and key (PEM bytes or paths), for a
+            server that asks for mutual TLS.
+        token: a bearer token, sent with every call (``authorization: Bearer ...``).
         lb_policy: the gRPC load-balancing policy ("round_robin", or None for gRPC's pick_first).
     """
 
@@ -63,13 +67,17 @@ class TranslationClient:
         credentials: grpc.ChannelCredentials | None = None,
         root_certificates: bytes | str | Path | None = None,
         tls: bool = False,
+        certificate_chain: bytes | str | Path | None = None,
+        private_key: bytes | str | Path | None = None,
+        token: str | None = None,
         lb_policy: str | None = "round_robin",
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.target = channel_target(target_or_targets)
         self.timeout = timeout
         self.retry_policy = retry_policy or RetryPolicy(retries=retries)
-        creds = channel_credentials(credentials, root_certificates, tls)
+        self._metadata = call_metadata(token)
+        creds = channel_credentials(credentials, root_certificates, tls, certificate_chain, private_key)
         opts = [*channel_options(lb_policy), *options]
         self._channel = (grpc.secure_channel(self.target, creds, options=opts) if creds is not None
                          else grpc.insecure_channel(self.target, options=opts))
@@ -135,7 +143,7 @@ class TranslationClient:
         deadline = deadline_after(self.timeout if timeout is _UNSET else timeout)
         delays = self.retry_policy.delays()
         while True:
-            call = self._stub.TranslateStream(request, timeout=remaining(deadline))
+            call = self._stub.TranslateStream(request, timeout=remaining(deadline), metadata=self._metadata)
             received = False
             try:
                 for message in call:
@@ -174,7 +182,7 @@ class TranslationClient:
         delays = self.retry_policy.delays()
         while True:
             try:
-                return method(request, timeout=remaining(deadline))
+                return method(request, timeout=remaining(deadline), metadata=self._metadata)
             except grpc.RpcError as error:
                 self._sleep_or_raise(error, delays, deadline)
 

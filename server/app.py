@@ -17,11 +17,14 @@ from grpc_reflection.v1alpha import reflection
 
 from mtserve.proto.api import SERVICE_NAME, pb2_grpc
 
+from .auth import TokenFile, TokenFileError
 from .config import ServerConfig, configure_logging, render_config
+from .guards import AuthInterceptor, WellFormedInterceptor
 from .interceptors import MetricsInterceptor
 from .metrics import Metrics, MetricsServer, start_metrics_server
 from .registry import ModelRegistry
 from .service import TranslationService
+from .tls import ServerCertificates, TLSConfigError
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +64,24 @@ class MtserveServer:
         self.registry = ModelRegistry(config, self.metrics, on_engine_death=self._engine_died)
         self.health = health.aio.HealthServicer()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.grpc = grpc.aio.server(
-            interceptors=[MetricsInterceptor(self.metrics)], options=config.grpc_server_options()
-        )
+        # Read now, so that a missing or mismatched file fails the start with its name.
+        self.certificates = (ServerCertificates(config.tls_cert, config.tls_key, config.tls_client_ca)
+                             if config.tls_cert is not None and config.tls_key is not None else None)
+        self.tokens = TokenFile(config.auth_token_file) if config.auth_token_file is not None else None
+        # Outermost first: every call is counted, whatever the guards inside answer.
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics)]
+        if self.tokens is not None:
+            interceptors.append(AuthInterceptor(self.tokens, self.metrics))
+        interceptors.append(WellFormedInterceptor())
+        self.grpc = grpc.aio.server(interceptors=interceptors, options=config.grpc_server_options())
         self.service = TranslationService(self.registry, config, self.metrics)
         pb2_grpc.add_TranslationServiceServicer_to_server(self.service, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self.grpc,
-        )
+        if not config.no_reflection:
+            reflection.enable_server_reflection(
+                [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+                self.grpc,
+            )
         self.port = 0
         self.metrics_server: MetricsServer | None = None
 
@@ -94,8 +105,12 @@ class MtserveServer:
         config = self.config
         self._loop = asyncio.get_running_loop()
         await self._set_health(_NOT_SERVING)
+        address = f"{config.host}:{config.port}"
         try:
-            self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
+            if self.certificates is not None:
+                self.port = self.grpc.add_secure_port(address, self.certificates.credentials())
+            else:
+                self.port = self.grpc.add_insecure_port(address)
         except RuntimeError:
             self.port = 0
         if not self.port:
@@ -103,13 +118,25 @@ class MtserveServer:
         await self.grpc.start()
         if config.metrics_port is not None:
             try:
-                self.metrics_server = start_metrics_server(self.metrics.registry, config.metrics_port, config.host)
+                self.metrics_server = start_metrics_server(self.metrics.registry, config.metrics_port,
+                                                           config.metrics_host)
             except OSError as exc:
-                raise PortInUseError("metrics", config.host, config.metrics_port, exc) from None
-        log.info("gRPC on %s:%d, metrics on %s; loading models", config.host, self.port, self.metrics_port)
+                raise PortInUseError("metrics", config.metrics_host, config.metrics_port, exc) from None
+        log.info("gRPC on %s:%d (%s%s), metrics on %s; loading models", config.host, self.port,
+                 "mutual TLS" if self.certificates is not None and self.certificates.mutual
+                 else "TLS" if self.certificates is not None else "plaintext",
+                 f", {len(self.tokens.names)} token(s)" if self.tokens is not None else "",
+                 f"http://{config.metrics_host}:{self.metrics_port}/metrics" if self.metrics_port else "off")
         await asyncio.get_running_loop().run_in_executor(None, self.registry.load)
         await self._set_health(_SERVING)
         log.info("serving models: %s (default %s)", ", ".join(self.registry.models), self.registry.default_name)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the TLS certificates and the tokens; connections and calls carry on."""
+        if self.certificates is not None:
+            self.certificates.reload()
+        if self.tokens is not None:
+            self.tokens.reload()
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new calls, let calls in flight finish within `grace` seconds.
@@ -160,7 +187,12 @@ async def serve_async(config: ServerConfig) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = MtserveServer(config)
+    try:
+        server = MtserveServer(config)
+    except (TLSConfigError, TokenFileError) as exc:
+        log.error("start-up failed: %s", exc)
+        return 1
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     try:
         await server.start()
     except Exception as exc:

@@ -24,8 +24,6 @@ QUANTIZE_MODES = ("none", "int8")  # as model/quantize.py; repeated so that the 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-# gRPC's default receive limit; raised when the configured texts could be larger (UTF-8: <= 4 bytes/char).
-_DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -62,6 +60,18 @@ class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 50051  # 0: any free port
     metrics_port: int | None = 9090  # 0: any free port; None: no /metrics endpoint
+    # The metrics endpoint's own address: loopback unless an operator opens it (a Prometheus in another pod).
+    metrics_host: str = "127.0.0.1"
+    # TLS on the gRPC port: the server's certificate chain and key (PEM files); with tls_client_ca, mutual TLS
+    # (clients must present a certificate that CA signed). All re-read on SIGHUP.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    # Bearer tokens (one per line, "TOKEN" or "NAME TOKEN"; re-read on SIGHUP): calls without one get
+    # UNAUTHENTICATED, health checks stay open.
+    auth_token_file: str | None = None
+    # gRPC reflection (grpcurl and friends list and describe the API); --no-reflection turns it off.
+    no_reflection: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     quantize: str = "none"  # none | int8 (CPU only: int8 linear layers, faster and slightly less accurate)
@@ -76,6 +86,11 @@ class ServerConfig:
     max_queue: int = 1024
     max_texts_per_request: int = 128
     max_text_chars: int = 10_000
+    # Characters in all texts of one call; checked before anything is tokenized.
+    max_request_chars: int = 100_000
+    # Texts in flight (waiting or running, all models) per caller: its token's name, else its address.
+    # None: max_batch_rows + half of max_queue, so that one caller can fill the batch but not the queue.
+    max_texts_per_caller: int | None = None
     max_beam_size: int = 8
     max_num_hypotheses: int = 8
     # Largest max_length a request may ask for (also capped by each model's own limit).
@@ -89,6 +104,14 @@ class ServerConfig:
     # calls in flight on a closing connection get the grace period to finish.
     max_connection_age_seconds: float = 300.0
     max_connection_age_grace_seconds: float = 60.0
+    # Protocol limits: the largest request message, all headers of a call, concurrent calls (streams) per
+    # connection, connections at once, the TLS/HTTP2 handshake, and connections idle this long are closed.
+    max_message_bytes: int = 1024 * 1024
+    max_metadata_bytes: int = 16 * 1024
+    max_streams_per_connection: int = 256
+    max_connections: int = 1024
+    handshake_timeout_seconds: float = 10.0
+    idle_connection_seconds: float = 600.0
     log_level: str = "INFO"
     # text: one human-readable line per record; json: one JSON object per line (for log pipelines).
     log_format: str = "text"
@@ -105,8 +128,16 @@ class ServerConfig:
             raise ValueError(f"models: duplicate model name(s) {duplicates}")
         if self.default_model is not None and self.default_model not in names:
             raise ValueError(f"default_model {self.default_model!r} is not one of the models {names}")
-        if not self.host:
-            raise ValueError(f"host must not be empty, got {self.host!r}")
+        for name in ("host", "metrics_host"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty, got {getattr(self, name)!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both, or neither for plaintext")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.max_texts_per_caller is None and isinstance(self.max_queue, int) and isinstance(
+                self.max_batch_rows, int):
+            self.max_texts_per_caller = self.max_batch_rows + max(1, self.max_queue // 2)
         _check_port("port", self.port)
         if self.metrics_port is not None:
             _check_port("metrics_port", self.metrics_port)
@@ -122,12 +153,15 @@ class ServerConfig:
                                          or self.threads < 1):
             raise ValueError(f"threads must be an integer >= 1, got {self.threads!r}")
         for name in ("max_batch_rows", "max_batch_tokens", "max_queue", "max_texts_per_request",
-                     "max_text_chars", "max_beam_size", "max_num_hypotheses", "max_length_limit"):
+                     "max_text_chars", "max_request_chars", "max_texts_per_caller", "max_beam_size",
+                     "max_num_hypotheses", "max_length_limit", "max_message_bytes", "max_metadata_bytes",
+                     "max_streams_per_connection", "max_connections"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         for name in ("grace_seconds", "keepalive_time_seconds", "keepalive_timeout_seconds",
-                     "max_connection_age_seconds", "max_connection_age_grace_seconds"):
+                     "max_connection_age_seconds", "max_connection_age_grace_seconds",
+                     "handshake_timeout_seconds", "idle_connection_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not (
                 math.isfinite(value) and value >= 0
@@ -165,14 +199,22 @@ class ServerConfig:
         """The largest n-best a request may ask for (sampling gives each hypothesis a row)."""
         return min(self.max_num_hypotheses, self.max_batch_rows)
 
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
     def grpc_server_options(self) -> list[tuple[str, int]]:
         """Channel arguments for ``grpc.aio.server(options=...)``."""
-        max_message = max(_DEFAULT_MAX_MESSAGE, self.max_texts_per_request * self.max_text_chars * 4 + 65536)
         options = [
             # The port is this server's alone: with SO_REUSEPORT (grpc's default) a second server on the same
             # port starts silently and takes half the connections.
             ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_metadata_size", self.max_metadata_bytes),
+            ("grpc.absolute_max_metadata_size", self.max_metadata_bytes),
+            ("grpc.max_concurrent_streams", self.max_streams_per_connection),
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ("grpc.server_handshake_timeout_ms", int(self.handshake_timeout_seconds * 1000)),
             # Let clients keep idle connections alive with their own pings (every 10 s at most).
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -183,6 +225,8 @@ class ServerConfig:
                 ("grpc.keepalive_time_ms", int(self.keepalive_time_seconds * 1000)),
                 ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_seconds * 1000)),
             ]
+        if self.idle_connection_seconds > 0:
+            options.append(("grpc.max_connection_idle_ms", int(self.idle_connection_seconds * 1000)))
         if self.max_connection_age_seconds > 0:
             options += [
                 ("grpc.max_connection_age_ms", int(self.max_connection_age_seconds * 1000)),
@@ -212,12 +256,22 @@ def _models(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false (1/0, yes/no, on/off), got {text!r}")
+
+
 @dataclass(frozen=True)
 class _Flag:
     field: str
     parse: Callable[[str], Any]
     help: str
     metavar: str | None = None
+    switch: bool = False  # a flag without a value (--no-reflection); its variable takes true/false
 
     @property
     def flag(self) -> str:
@@ -235,6 +289,12 @@ _FLAGS = (
     _Flag("host", str, "address to listen on"),
     _Flag("port", int, "gRPC port (0: any free port)", "PORT"),
     _Flag("metrics_port", _metrics_port, "Prometheus /metrics HTTP port (0: any free port; off: none)", "PORT"),
+    _Flag("metrics_host", str, "address of the /metrics endpoint (0.0.0.0: every interface)", "HOST"),
+    _Flag("tls_cert", str, "TLS: the server's certificate chain (PEM); re-read on SIGHUP", "FILE"),
+    _Flag("tls_key", str, "TLS: the server's private key (PEM); re-read on SIGHUP", "FILE"),
+    _Flag("tls_client_ca", str, "mutual TLS: clients must present a certificate this CA (PEM) signed", "FILE"),
+    _Flag("auth_token_file", str, "bearer tokens, one per line (TOKEN or NAME TOKEN); re-read on SIGHUP", "FILE"),
+    _Flag("no_reflection", _boolean, "do not serve gRPC reflection", switch=True),
     _Flag("device", str, "auto, cpu, cuda, cuda:N or mps"),
     _Flag("dtype", str, "auto, float32, float16 or bfloat16"),
     _Flag("quantize", str, "none, or int8: int8 linear layers on the CPU (faster, slightly less accurate)"),
@@ -244,6 +304,9 @@ _FLAGS = (
     _Flag("max_queue", int, "texts waiting per model before calls fail with RESOURCE_EXHAUSTED", "N"),
     _Flag("max_texts_per_request", int, "most texts in one call", "N"),
     _Flag("max_text_chars", int, "most characters in one text", "N"),
+    _Flag("max_request_chars", int, "most characters in all texts of one call", "N"),
+    _Flag("max_texts_per_caller", int, "texts in flight per caller (token name, else address); default: "
+          "--max-batch-rows + half of --max-queue", "N"),
     _Flag("max_beam_size", int, "largest beam_size a request may ask for", "N"),
     _Flag("max_num_hypotheses", int, "largest num_hypotheses a request may ask for", "N"),
     _Flag("max_length_limit", int, "largest max_length a request may ask for", "N"),
@@ -253,6 +316,12 @@ _FLAGS = (
     _Flag("max_connection_age_seconds", float, "close connections after this long, to rebalance (0: never)",
           "S"),
     _Flag("max_connection_age_grace_seconds", float, "time calls on a closing connection may finish in", "S"),
+    _Flag("max_message_bytes", int, "largest request message", "BYTES"),
+    _Flag("max_metadata_bytes", int, "largest metadata (all headers) of a call", "BYTES"),
+    _Flag("max_streams_per_connection", int, "concurrent calls per HTTP/2 connection", "N"),
+    _Flag("max_connections", int, "connections at once", "N"),
+    _Flag("handshake_timeout_seconds", float, "time a new connection has to complete its handshake", "S"),
+    _Flag("idle_connection_seconds", float, "close connections with no call for this long (0: never)", "S"),
     _Flag("log_level", str, "DEBUG, INFO, WARNING, ERROR or CRITICAL", "LEVEL"),
     _Flag("log_format", str, "text, or json: one JSON object per line", "FORMAT"),
 )
@@ -277,6 +346,9 @@ def build_serve_parser(parser: argparse.ArgumentParser | None = None) -> argpars
         }
         if spec.field == "model":
             kwargs.update(action="append", type=str)
+        elif spec.switch:
+            del kwargs["metavar"]
+            kwargs["action"] = "store_true"
         else:
             kwargs["type"] = spec.parse
         parser.add_argument(spec.flag, **kwargs)

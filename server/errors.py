@@ -9,6 +9,7 @@ exception                  gRPC code            ``reason`` (rejection metric)
 ValidationError            INVALID_ARGUMENT     invalid_argument
 ModelNotFoundError         INVALID_ARGUMENT     model_not_found
 QueueFullError (engine)    RESOURCE_EXHAUSTED   queue_full
+CallerLimitError           RESOURCE_EXHAUSTED   caller_limit
 DrainingError              UNAVAILABLE          draining
 NotReadyError              UNAVAILABLE          not_ready
 EngineDeadError (engine)   UNAVAILABLE          engine_stopped
@@ -42,6 +43,12 @@ from mtserve.engine.errors import EngineDeadError, QueueFullError
 log = logging.getLogger(__name__)
 
 
+def excerpt(value: str, limit: int = 64) -> str:
+    """`value` as an error message may quote it: at most `limit` characters (a request's own strings can be
+    megabytes, and a message longer than the metadata limit would turn the status into another error)."""
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
 class MtserveError(Exception):
     """Base of the errors that map to a specific status code; ``str(e)`` is the client's message."""
 
@@ -70,7 +77,20 @@ class ModelNotFoundError(ValidationError):
         self.name = name
         self.available = sorted(available)
         served = ", ".join(repr(n) for n in self.available) or "none"
-        super().__init__("model", f"unknown model {name!r}; this server serves {served}")
+        super().__init__("model", f"unknown model {excerpt(name)!r}; this server serves {served}")
+
+
+class CallerLimitError(MtserveError):
+    """One caller (a token, or an address) has as many texts in flight as it may; nothing of this call ran."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "caller_limit"
+
+    def __init__(self, in_flight: int, needed: int, limit: int) -> None:
+        super().__init__(
+            f"this caller has {in_flight} texts in flight and this call needs {needed}, at most {limit} "
+            f"(--max-texts-per-caller); wait for some to finish"
+        )
 
 
 class UnavailableError(MtserveError):
@@ -164,6 +184,7 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoRetu
 
 
 __all__ = [
+    "CallerLimitError",
     "DeadlineExceededError",
     "DrainingError",
     "ModelNotFoundError",
@@ -175,5 +196,6 @@ __all__ = [
     "ValidationError",
     "abort",
     "cancelled_status",
+    "excerpt",
     "status_for",
 ]

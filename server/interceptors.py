@@ -180,27 +180,41 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
             return wrapper
 
-        for kind, request_streaming in _KINDS.items():
-            behavior = getattr(handler, kind)
-            if behavior is None:
-                continue
+        def wrap(behavior: Callable[..., Any], request_streaming: bool) -> Callable[..., Any] | None:
             if inspect.isasyncgenfunction(behavior):
-                wrapped = wrap_stream_response(behavior, request_streaming)
-            elif inspect.iscoroutinefunction(behavior):
+                return wrap_stream_response(behavior, request_streaming)
+            if inspect.iscoroutinefunction(behavior):
                 # Unary responses, or a streaming handler that writes with context.write().
-                wrapped = wrap_unary_response(behavior, request_streaming)
-            elif request_streaming:
-                return handler  # a sync handler reading a request stream: rare, left uncounted
-            elif handler.response_streaming and inspect.isgeneratorfunction(behavior):
-                wrapped = wrap_sync_stream_response(behavior)
-            else:
-                wrapped = wrap_sync_unary_response(behavior)
-            return _MAKE_HANDLER[kind](
-                wrapped,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+                return wrap_unary_response(behavior, request_streaming)
+            if request_streaming:
+                return None  # a sync handler reading a request stream: rare, left uncounted
+            if handler.response_streaming and inspect.isgeneratorfunction(behavior):
+                return wrap_sync_stream_response(behavior)
+            return wrap_sync_unary_response(behavior)
+
+        return rebuild_handler(handler, wrap)
 
 
-__all__ = ["MetricsInterceptor"]
+def rebuild_handler(
+    handler: grpc.RpcMethodHandler,
+    wrap: Callable[[Callable[..., Any], bool], Callable[..., Any] | None],
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler:
+    """The same handler with its behavior wrapped (``wrap(behavior, request_streaming)``; None: leave it) and
+    optionally another request deserializer. What the server's interceptors share."""
+    for kind, request_streaming in _KINDS.items():
+        behavior = getattr(handler, kind)
+        if behavior is None:
+            continue
+        wrapped = wrap(behavior, request_streaming)
+        if wrapped is None and request_deserializer is None:
+            return handler
+        return _MAKE_HANDLER[kind](
+            wrapped or behavior,
+            request_deserializer=request_deserializer or handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+__all__ = ["MetricsInterceptor", "rebuild_handler"]

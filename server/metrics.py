@@ -8,7 +8,10 @@ Naming follows the Prometheus conventions: prefix ``mtserve_``, base units
 - ``code``: the gRPC status code, spelled as in the standard gRPC metrics
   (``OK``, ``InvalidArgument``, ``ResourceExhausted``, ...: see ``code_label``);
 - ``reason`` on the rejection counter: the ``reason`` of the exception in errors.py;
-- ``device`` on the GPU memory gauge, because memory belongs to a device, not a model.
+- ``device`` on the GPU memory gauge, because memory belongs to a device, not a model;
+- ``token`` on the token-call counter: a token's *name* from the token file, never the token.
+
+No label carries a file-system path or anything else a request sends.
 
 The standard ``grpc_server_*`` metrics of go-grpc-prometheus (filled by
 ``interceptors.MetricsInterceptor``) use that project's names, labels and
@@ -137,6 +140,10 @@ class Metrics:
             "mtserve_model", "A served model: languages, architecture, device and dtype.", model, registry=r)
         self.model_load_seconds = Gauge(
             "mtserve_model_load_seconds", "Time it took to load and warm up the model.", model, registry=r)
+        self.token_calls = Counter(
+            "mtserve_token_calls_total",
+            "Calls that needed a bearer token, by the name of the token they carried (\"\": none, or not a "
+            "valid one: UNAUTHENTICATED). Only with --auth-token-file.", ["token"], registry=r)
         self.gpu_memory_allocated = Gauge(
             "mtserve_gpu_memory_allocated_bytes",
             "Memory allocated by tensors on a CUDA device (torch.cuda.memory_allocated).",
@@ -207,6 +214,9 @@ class Metrics:
 
     def engine_died(self, model: str) -> None:
         self.engine_up.labels(model=model).set(0)
+
+    def count_token_call(self, token_name: str | None) -> None:
+        self.token_calls.labels(token=token_name or "").inc()
 
     def set_gpu_memory(self, device: str, allocated_bytes: float) -> None:
         """Call only for CUDA devices, with ``torch.cuda.memory_allocated(device)`` (no torch here)."""

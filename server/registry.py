@@ -115,8 +115,7 @@ class ModelRegistry:
     @staticmethod
     def info_labels(model: ServedModel) -> dict[str, str]:
         config = model.translator.config
-        return {
-            "path": str(model.path),
+        return {  # no path: metric labels must not leak the file system (the start-up log says where)
             "source_language": model.source_language,
             "target_language": model.target_language,
             "device": str(model.translator.device),

@@ -21,6 +21,7 @@ import math
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,13 +36,16 @@ from mtserve.model.options import MAX_LENGTH_PENALTY, SearchOptions, asks_for_sa
 from mtserve.model.search import Hypothesis
 from mtserve.proto.api import pb2, pb2_grpc
 
+from .auth import current_caller
 from .config import ServerConfig
 from .errors import (
+    CallerLimitError,
     DeadlineExceededError,
     DrainingError,
     RequestCancelledError,
     ValidationError,
     cancelled_status,
+    excerpt,
     status_for,
 )
 from .metrics import Metrics
@@ -101,6 +105,7 @@ class _Outcome:
     method: str
     request_id: str
     model: str
+    caller: str  # its token's name, else its address: the unit of --max-texts-per-caller
     started: float = field(default_factory=time.monotonic)
     texts: int = 0
     input_tokens: int = 0
@@ -120,6 +125,8 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         self.last_call_time = 0.0
         # Set while a drain closes the port: calls refused meanwhile wait for it (MtserveServer.stop).
         self._refusals_held: asyncio.Event | None = None
+        #: Texts in flight per caller (the event loop's thread only).
+        self.in_flight: Counter[str] = Counter()
         # Large requests are tokenized and split here, so that the event loop keeps answering meanwhile.
         self._prepare_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="mtserve-prepare")
 
@@ -146,7 +153,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         try:
             call = await self._prepare(request, context, outcome, stream=False)
             results: list[Any] = [None] * len(call.texts)
-            async for text in self._run(call):
+            async for text in self._run(call, outcome.caller):
                 if isinstance(text, _Text):
                     results[text.index] = self._result(call, text, outcome)
             response = pb2.TranslateResponse(results=results, model=call.model.name)
@@ -162,7 +169,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         try:
             call = await self._prepare(request, context, outcome, stream=True)
             model_name = call.model.name
-            async for item in self._run(call):
+            async for item in self._run(call, outcome.caller):
                 if isinstance(item, _Text):
                     result = self._result(call, item, outcome)
                     yield pb2.TranslateStreamResponse(model=model_name, result=result)
@@ -197,7 +204,8 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         given = dict(context.invocation_metadata() or ()).get("x-request-id", "")
         request_id = given if isinstance(given, str) and _REQUEST_ID.match(given) else uuid.uuid4().hex
         context.set_trailing_metadata((("x-request-id", request_id),))
-        return _Outcome(method, request_id, self._model_label(request.model), texts=len(request.texts))
+        caller = current_caller.get() or _peer_host(context.peer())
+        return _Outcome(method, request_id, self._model_label(request.model), caller, texts=len(request.texts))
 
     async def _prepare(
         self, request: Any, context: grpc.aio.ServicerContext, outcome: _Outcome, *, stream: bool
@@ -231,6 +239,9 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         for i, text in enumerate(texts):
             if len(text) > config.max_text_chars:
                 raise ValidationError(f"texts[{i}]", f"{len(text)} characters, at most {config.max_text_chars}")
+        total = sum(len(text) for text in texts)
+        if total > config.max_request_chars:
+            raise ValidationError("texts", f"{total} characters in all, at most {config.max_request_chars} per request")
         model = self.registry.get(request.model)
         scheduler = model.engine.scheduler
         if scheduler.num_waiting + len(texts) > scheduler.max_queue:  # refused before any tokenizing
@@ -240,7 +251,8 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             ("target_language", request.target_language, model.target_language),
         ):
             if given and served and given.lower() != served.lower():
-                raise ValidationError(field_name, f"{given!r} does not match model {model.name!r} ({served!r})")
+                raise ValidationError(field_name,
+                                      f"{excerpt(given)!r} does not match model {model.name!r} ({served!r})")
         options = self._search_options(request.options, model)
         tokenizer, core = model.translator.tokenizer, model.engine.core
         call_texts: list[_Text] = []
@@ -340,7 +352,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
 
     # -- running a call ---------------------------------------------------------------------------
 
-    async def _run(self, call: _Call) -> AsyncIterator[_Text | tuple[_Text, int]]:
+    async def _run(self, call: _Call, caller: str) -> AsyncIterator[_Text | tuple[_Text, int]]:
         """Yield each text when it is done (and (text, tokens) partial updates when streaming them)."""
         for text in call.texts:
             if not text.segments:
@@ -348,6 +360,9 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         request = call.request
         if not request.texts:
             return
+        needed, limit = len(request.texts), self.config.max_texts_per_caller or 0
+        if self.in_flight[caller] + needed > limit:
+            raise CallerLimitError(self.in_flight[caller], needed, limit)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[list[TextEvent]] = asyncio.Queue()
 
@@ -357,6 +372,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         request.listener = listen
         engine = call.model.engine
         engine.submit(request)
+        self.in_flight[caller] += needed
         remaining = sum(1 for t in call.texts if t.segments)
         try:
             while remaining:
@@ -384,6 +400,9 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         finally:
             if remaining:
                 engine.cancel(request.request_id)
+            self.in_flight[caller] -= needed
+            if not self.in_flight[caller]:
+                del self.in_flight[caller]
 
     # -- building responses -----------------------------------------------------------------------
 
@@ -482,13 +501,14 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         if not access_log.isEnabledFor(logging.INFO):
             return
         access_log.info(
-            "%s model=%s texts=%d input_tokens=%d output_tokens=%d code=%s duration_ms=%.1f request_id=%s",
+            "%s model=%s texts=%d input_tokens=%d output_tokens=%d code=%s duration_ms=%.1f request_id=%s caller=%s",
             outcome.method, outcome.model or "-", outcome.texts, outcome.input_tokens, outcome.output_tokens,
-            code.name, seconds * 1000, outcome.request_id,
+            code.name, seconds * 1000, outcome.request_id, outcome.caller,
             extra={"access": {"method": outcome.method, "model": outcome.model, "texts": outcome.texts,
                               "input_tokens": outcome.input_tokens, "output_tokens": outcome.output_tokens,
                               "code": code.name, "duration_ms": round(seconds * 1000, 1),
-                              "request_id": outcome.request_id, "peer": context.peer()}},
+                              "request_id": outcome.request_id, "caller": outcome.caller,
+                              "peer": context.peer()}},
         )
 
     def _model_label(self, name: str) -> str:
@@ -496,3 +516,11 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         request to a served model is counted under that model, and a request's own strings never are)."""
         name = name or self.registry.default_name or ""
         return name if name in self.registry.models else ""
+
+
+def _peer_host(peer: str) -> str:
+    """A caller's address without its port ("ipv4:10.0.0.7:51234" -> "ipv4:10.0.0.7")."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6") and ":" in rest:
+        return f"{kind}:{rest.rsplit(':', 1)[0]}"
+    return peer

@@ -133,7 +133,7 @@ def test_mtserve_serve_on_a_port_in_use_exits_with_the_port_named(own_server: An
 def test_health_answers_while_a_large_request_is_prepared(model_dirs: dict[str, Path], helpers: Any) -> None:
     """Tokenizing and splitting 4 million characters runs off the event loop."""
     config = helpers.server_config(model_dirs, "tiny", max_texts_per_request=400, max_text_chars=10_000,
-                                   max_queue=1_000_000)
+                                   max_request_chars=4_000_000, max_message_bytes=8 * 2**20, max_queue=1_000_000)
     sentence = "Tom reads the small red book and Mary eats the apple today again. "
     texts = [(sentence * 200)[:10_000] for _ in range(399)] + ["x" * 10_000]  # the last one cannot be split
     latencies: list[float] = []

@@ -257,6 +257,7 @@ def _soak_mix(rng: random.Random) -> tuple[Any, float | None, str]:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(float(os.environ.get("MTSERVE_SOAK_MINUTES", "10")) * 60 + 600)
 def test_soak_mixed_load_keeps_memory_flat(served: Served) -> None:
     """Ten minutes (MTSERVE_SOAK_MINUTES) of greedy, beam, sampling and streaming calls, a fifth of them
     cancelled at random: resident memory grows less than 5% after the warm-up, and every row comes back."""

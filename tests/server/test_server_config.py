@@ -109,8 +109,15 @@ def test_grpc_server_options():
     assert options["grpc.max_connection_age_ms"] == 30_000
     assert options["grpc.max_connection_age_grace_ms"] == 5_000
     assert "grpc.keepalive_time_ms" not in options
-    assert options["grpc.max_receive_message_length"] >= 128 * 10_000 * 4
     assert "grpc.max_connection_age_ms" not in dict(ServerConfig(max_connection_age_seconds=0).grpc_server_options())
+    limits = dict(ServerConfig(max_message_bytes=2048, max_metadata_bytes=512, max_streams_per_connection=7,
+                               max_connections=9, handshake_timeout_seconds=1.5, idle_connection_seconds=0)
+                  .grpc_server_options())
+    assert (limits["grpc.max_receive_message_length"], limits["grpc.max_metadata_size"],
+            limits["grpc.max_concurrent_streams"], limits["grpc.max_allowed_incoming_connections"],
+            limits["grpc.server_handshake_timeout_ms"], limits["grpc.so_reuseport"]) == (2048, 512, 7, 9, 1500, 0)
+    assert "grpc.max_connection_idle_ms" not in limits
+    assert options["grpc.max_connection_idle_ms"] == 600_000
 
 
 def test_render_config_shows_values_and_sources():

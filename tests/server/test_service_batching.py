@@ -117,7 +117,8 @@ def test_short_request_overtakes_long_one(server: Any, stub: Any, helpers: Any) 
 @pytest.fixture()
 def small_server(model_dirs: dict[str, Path], helpers: Any) -> Iterator[Any]:
     """One KV-cache row and room for two waiting texts."""
-    config = helpers.server_config(model_dirs, "endless", max_batch_rows=1, max_queue=2)
+    # One caller (these tests) may fill the whole queue here: the queue limit is what they test.
+    config = helpers.server_config(model_dirs, "endless", max_batch_rows=1, max_queue=2, max_texts_per_caller=8)
     with helpers.running_server(config) as running:
         yield running
 

@@ -39,7 +39,7 @@ def test_the_callers_request_id_comes_back_and_is_logged(stub: Any, caplog: pyte
     input_tokens = sum(r.input_tokens for r in response.results)
     assert re.fullmatch(
         rf"Translate model=tiny texts=2 input_tokens={input_tokens} output_tokens={output_tokens} code=OK "
-        r"duration_ms=\d+\.\d request_id=trace-abc-123", record.getMessage()), record.getMessage()
+        r"duration_ms=\d+\.\d request_id=trace-abc-123 caller=ipv4:127.0.0.1", record.getMessage()), record.getMessage()
     assert record.access["peer"].startswith("ipv")  # type: ignore[attr-defined]
 
 
