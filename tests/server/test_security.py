@@ -207,3 +207,41 @@ def test_the_proto_is_enough_for_a_token(token_server: Any) -> None:
         response = stub.Translate(pb2.TranslateRequest(texts=["Tom."]),
                                   metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=30)
         assert response.results[0].output_tokens > 0
+
+
+def test_one_caller_cannot_take_more_than_its_share(model_dirs: dict[str, Path], helpers: Any,
+                                                     tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"alice {TOKEN}\nbob {OTHER}\n")
+    config = helpers.server_config(model_dirs, "endless", auth_token_file=str(tokens), max_texts_per_caller=3)
+    request = pb2.TranslateRequest(texts=["Tom reads.", "Mary eats."], options=pb2.DecodingOptions(max_length=40))
+    with helpers.running_server(config) as server, grpc.insecure_channel(server.address) as channel, \
+            helpers.StepGate(server.engine("endless")) as gate:
+        stub = pb2_grpc.TranslationServiceStub(channel)
+        alice = (("authorization", f"Bearer {TOKEN}"),)
+        first = stub.Translate.future(request, metadata=alice, timeout=60)  # alice: 2 texts in flight
+        gate.wait_entered()
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Translate(request, metadata=alice, timeout=60)  # 2 more would be 4 > 3
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-texts-per-caller" in refused.value.details() and "at most 3" in refused.value.details()
+        second = stub.Translate.future(request, metadata=(("authorization", f"Bearer {OTHER}"),), timeout=60)
+        helpers.wait_until(lambda: server.engine("endless").scheduler.num_requests == 2, "bob's call queued")
+        gate.open()
+        assert [r.output_tokens for call in (first, second) for r in call.result().results] == [40] * 4
+        assert stub.Translate(request, metadata=alice, timeout=60).results  # alice's share is back
+    rejected = server.server.metrics.registry.get_sample_value(
+        "mtserve_requests_rejected_total", {"model": "endless", "reason": "caller_limit"})
+    assert rejected == 1
+
+
+def test_idle_connections_are_closed(model_dirs: dict[str, Path], helpers: Any) -> None:
+    config = helpers.server_config(model_dirs, "tiny", idle_connection_seconds=1.0)
+    states: list[grpc.ChannelConnectivity] = []
+    with helpers.running_server(config) as server, grpc.insecure_channel(server.address) as channel:
+        channel.subscribe(states.append, try_to_connect=False)
+        pb2_grpc.TranslationServiceStub(channel).Translate(pb2.TranslateRequest(texts=["Tom."]), timeout=30)
+        helpers.wait_until(lambda: grpc.ChannelConnectivity.READY in states, "the connection")
+        ready_at = len(states)
+        helpers.wait_until(lambda: grpc.ChannelConnectivity.IDLE in states[ready_at:], "the server to close it",
+                           timeout=10)
