@@ -140,7 +140,7 @@ class AsyncTranslationClient:
                 return
             except grpc.RpcError as error:
                 if received:
-                    raise TranslationError.from_rpc_error(error) from None
+                    raise TranslationError.from_rpc_error(error, self.target) from None
                 await self._sleep_or_raise(error, delays, deadline)
             finally:
                 call.cancel()
@@ -155,8 +155,27 @@ class AsyncTranslationClient:
         try:
             response = await self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=t)
         except grpc.RpcError as error:
-            raise TranslationError.from_rpc_error(error) from None
+            raise TranslationError.from_rpc_error(error, self.target) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    async def wait_until_serving(self, timeout: float) -> None:
+        """Wait (up to `timeout` seconds) until the server is up and reports SERVING (see TranslationClient)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        status = "not reachable"
+        while (left := deadline - loop.time()) > 0:
+            try:
+                response = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=min(left, 5.0),
+                                                    wait_for_ready=True)
+                status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+                if status == "SERVING":
+                    return
+            except grpc.RpcError as error:
+                if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise TranslationError.from_rpc_error(error, self.target) from None
+            await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+        raise TranslationError(grpc.StatusCode.DEADLINE_EXCEEDED, f"health is {status}",
+                               f"{self.target} did not report SERVING within {timeout:g} s")
 
     async def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
         deadline = deadline_after(self.timeout if timeout is _UNSET else timeout)
@@ -167,12 +186,11 @@ class AsyncTranslationClient:
             except grpc.RpcError as error:
                 await self._sleep_or_raise(error, delays, deadline)
 
-    @staticmethod
-    async def _sleep_or_raise(error: grpc.RpcError, delays: Iterator[float], deadline: float | None) -> None:
+    async def _sleep_or_raise(self, error: grpc.RpcError, delays: Iterator[float], deadline: float | None) -> None:
         delay = next(delays, None) if RetryPolicy.retryable(error) else None
         left = remaining(deadline)
         if delay is None or (left is not None and left <= delay):
-            raise TranslationError.from_rpc_error(error) from None
+            raise TranslationError.from_rpc_error(error, self.target) from None
         await asyncio.sleep(delay)
 
     async def close(self) -> None:

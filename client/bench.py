@@ -8,7 +8,6 @@ and the count of every status code. Calls are not retried, so errors show.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import math
@@ -19,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .aio import AsyncTranslationClient
+from .argparsing import ArgumentParser
 from .cli import add_connection_arguments, add_decoding_arguments, connection_kwargs, decoding_kwargs
 from .types import TranslationError
 
@@ -182,7 +182,12 @@ def _read_lines(path: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mtserve bench", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(
+        prog="mtserve bench",
+        description="A closed-loop load generator in the spirit of ghz: C workers each send a request, wait for "
+                    "its answer and send the next, until N requests are done or the duration is over. Prints "
+                    "throughput, latency percentiles of the successful requests and the count of every status "
+                    "code. Calls are not retried, so errors show.")
     parser.add_argument("-c", "--concurrency", type=int, default=8, metavar="C",
                         help="workers, each with one request in flight (%(default)s)")
     group = parser.add_mutually_exclusive_group()

@@ -9,10 +9,15 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
+import grpc
+
+from .argparsing import ArgumentParser
 from .client import TranslationClient
 from .types import TranslationError, TranslationResult
 
@@ -92,64 +97,149 @@ def _format(result: TranslationResult, index: int, nbest: bool) -> list[str]:
     return [result.text]
 
 
-def _translate_lines(
-    client: TranslationClient, lines: Iterable[str], out: IO[str], args: argparse.Namespace, progress: Any
-) -> None:
-    """Translate in batches of --batch-size lines, --concurrency batches in flight, output in input order."""
+@dataclass
+class _LineError:
+    """A line the server refused; its output is empty (skip), a marker (mark), or the end (fail)."""
+
+    reason: str
+
+
+_TEXT_FIELD = re.compile(r"^texts\[(\d+)\]: (.*)$", re.DOTALL)
+
+
+def _translate_chunk(client: TranslationClient, lines: list[str], kwargs: dict[str, Any]
+                     ) -> list[TranslationResult | _LineError]:
+    """Translate one call's lines; a line the server refuses (INVALID_ARGUMENT naming texts[i]) becomes a
+    _LineError and the rest is sent again, so one bad line never costs its neighbours."""
+    results: list[TranslationResult | _LineError | None] = [None] * len(lines)
+    pending = list(range(len(lines)))
+    while pending:
+        try:
+            done = client.translate([lines[i] for i in pending], **kwargs)
+        except TranslationError as error:
+            if error.code != grpc.StatusCode.INVALID_ARGUMENT or not error.details.startswith("texts"):
+                raise  # about the call (its model, its options, the server): every line would fail alike
+            match = _TEXT_FIELD.match(error.details)
+            if match is not None and int(match.group(1)) < len(pending):
+                results[pending.pop(int(match.group(1)))] = _LineError(match.group(2))
+            elif len(pending) > 1:  # about the call as a whole (its size): one line at a time
+                for index in pending:
+                    results[index] = _translate_chunk(client, [lines[index]], kwargs)[0]
+                return results  # type: ignore[return-value]
+            else:
+                results[pending.pop()] = _LineError(error.details)
+            continue
+        for index, result in zip(pending, done, strict=True):
+            results[index] = result
+        pending = []
+    return results  # type: ignore[return-value]
+
+
+@dataclass
+class _Progress:
+    written: int = 0  # lines whose output is written
+    failed: int = 0  # of them, lines the server refused
+
+
+def _translate_lines(client: TranslationClient, lines: Iterable[str], out: IO[str], args: argparse.Namespace,
+                     progress: Any, done: _Progress) -> None:
+    """Translate in batches of --batch-size lines, --concurrency batches in flight, output in input order,
+    each batch's lines written whole."""
     kwargs = decoding_kwargs(args)
     nbest = (args.num_hypotheses or 1) > 1
-    number = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-        in_flight: collections.deque[tuple[concurrent.futures.Future[list[TranslationResult]], int]] = (
+        in_flight: collections.deque[concurrent.futures.Future[list[TranslationResult | _LineError]]] = (
             collections.deque())
 
         def drain_one() -> None:
-            nonlocal number
-            future, size = in_flight.popleft()
-            for result in future.result():
-                out.write("\n".join(_format(result, number, nbest)) + "\n")
+            text: list[str] = []
+            for result in in_flight.popleft().result():
+                number = done.written + len(text) + 1
+                if isinstance(result, _LineError):
+                    if args.on_error == "fail":
+                        out.write("".join(text))
+                        out.flush()
+                        done.written += len(text)
+                        raise _Refused(number, result.reason)
+                    done.failed += 1
+                    print(f"mtserve translate: {_where(args, number)}: {result.reason}", file=sys.stderr)
+                    text.append(("" if args.on_error == "skip" else args.marker) + "\n")
+                    continue
+                text.append("\n".join(_format(result, number - 1, nbest)) + "\n")
                 if result.max_length_reached:
-                    print(f"mtserve translate: line {number + 1} reached max_length and may be cut short "
+                    print(f"mtserve translate: {_where(args, number)} reached max_length and may be cut short "
                           "(raise --max-length)", file=sys.stderr)
-                number += 1
+            out.write("".join(text))  # whole lines only, so an interrupted run leaves no half line
             out.flush()
+            done.written += len(text)
             if progress is not None:
-                progress.update(size)
+                progress.update(len(text))
 
         try:
             for chunk in _chunks(lines, args.batch_size):
-                in_flight.append((pool.submit(client.translate, chunk, **kwargs), len(chunk)))
+                in_flight.append(pool.submit(_translate_chunk, client, chunk, kwargs))
                 if len(in_flight) >= args.concurrency:  # bounded: big inputs are never read all at once
                     drain_one()
             while in_flight:
                 drain_one()
         finally:
-            for future, _ in in_flight:
+            for future in in_flight:
                 future.cancel()
 
 
+class _Refused(Exception):
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(line, reason)
+        self.line, self.reason = line, reason
+
+
+def _where(args: argparse.Namespace, number: int) -> str:
+    return f"{args.input}:{number}" if args.input else f"line {number}"
+
+
 def translate_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="mtserve translate",
-        description="Translate TEXT arguments, or lines from stdin or -i FILE; one translation per line "
-                    "(n-best: 'i ||| text [||| score]' lines; --scores: 'score<TAB>text').")
+        description="Translate TEXT arguments, or lines from stdin or -i FILE; one translation per line, in "
+                    "order, empty lines kept (n-best: 'i ||| text [||| score]' lines; --scores: "
+                    "'score<TAB>text').")
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts to translate (default: read lines)")
     parser.add_argument("-i", "--input", metavar="FILE", help="read lines from FILE (with a progress bar)")
     parser.add_argument("-o", "--output", metavar="FILE", help="write translations to FILE (default stdout)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="lines per call (%(default)s)")
     parser.add_argument("--concurrency", type=int, default=4, metavar="N",
                         help="calls in flight (%(default)s)")
+    parser.add_argument("--stream", action="store_true",
+                        help="translate each line as soon as it is read and print it as soon as it is done "
+                             "(for a terminal or a pipe; --batch-size 1 --concurrency 1)")
+    parser.add_argument("--on-error", choices=("fail", "skip", "mark"), default="fail",
+                        help="a line the server refuses (too long, ...): stop there (fail, the default), leave "
+                             "its output line empty (skip), or write --marker (mark); skip and mark count them")
+    parser.add_argument("--marker", default="[untranslated]", metavar="TEXT",
+                        help="the output line of a refused line with --on-error mark (%(default)s)")
+    parser.add_argument("--wait", type=float, default=0.0, metavar="S",
+                        help="first wait up to S seconds for the server to report SERVING (a server just "
+                             "started is still loading its models)")
     add_connection_arguments(parser)
     add_decoding_arguments(parser)
     args = parser.parse_args(argv)
     if args.texts and args.input:
         parser.error("give TEXT arguments or -i FILE, not both")
+    if args.stream:
+        args.batch_size = args.concurrency = 1
     if args.batch_size < 1 or args.concurrency < 1:
         parser.error("--batch-size and --concurrency must be >= 1")
-
-    in_file = open(args.input, encoding="utf-8") if args.input else None  # noqa: SIM115 (closed below)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        in_file = open(args.input, encoding="utf-8") if args.input else None  # noqa: SIM115 (closed below)
+    except OSError as e:
+        parser.error(f"-i {args.input}: {e.strerror}")
+    try:
+        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    except OSError as e:
+        parser.error(f"-o {args.output}: {e.strerror}")
     progress = None
+    done = _Progress()
+    total: int | None = len(args.texts) if args.texts else None
     try:
         if args.texts:
             lines: Iterable[str] = args.texts
@@ -157,16 +247,29 @@ def translate_main(argv: Sequence[str] | None = None) -> int:
             source = in_file if in_file is not None else sys.stdin
             lines = (line.rstrip("\r\n") for line in source)
         if in_file is not None:
-            from tqdm import tqdm  # only file runs need it
-
             with open(args.input, encoding="utf-8") as f:
                 total = sum(1 for _ in f)
-            progress = tqdm(total=total, unit="line", file=sys.stderr, dynamic_ncols=True)
+            if not args.stream:
+                from tqdm import tqdm  # only file runs need it
+
+                progress = tqdm(total=total, unit="line", file=sys.stderr, dynamic_ncols=True)
         with TranslationClient(args.server, **connection_kwargs(args)) as client:
-            _translate_lines(client, lines, out, args, progress)
+            if args.wait > 0:
+                client.wait_until_serving(args.wait)
+            _translate_lines(client, lines, out, args, progress, done)
+    except _Refused as refused:
+        print(f"mtserve translate: {_where(args, refused.line)}: {refused.reason}\n"
+              f"stopped there (--on-error skip or mark goes on); {_output_note(args, done, total)}",
+              file=sys.stderr)
+        return 1
     except TranslationError as e:
         print(f"mtserve translate: {e}", file=sys.stderr)
+        if done.written:
+            print(f"mtserve translate: interrupted; {_output_note(args, done, total)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\nmtserve translate: interrupted; {_output_note(args, done, total)}", file=sys.stderr)
+        return 130
     finally:
         if progress is not None:
             progress.close()
@@ -174,14 +277,23 @@ def translate_main(argv: Sequence[str] | None = None) -> int:
             in_file.close()
         if out is not sys.stdout:
             out.close()
+    if done.failed:
+        print(f"mtserve translate: {done.failed} of {done.written} lines were refused "
+              f"({'left empty' if args.on_error == 'skip' else f'written as {args.marker}'})", file=sys.stderr)
     return 0
+
+
+def _output_note(args: argparse.Namespace, done: _Progress, total: int | None) -> str:
+    of = f" of {total}" if total is not None else ""
+    where = f"is in {args.output}" if args.output else "was printed"
+    return f"{done.written}{of} lines translated; the output so far {where}, complete lines only"
 
 
 # -- models -------------------------------------------------------------------------------------
 
 
 def models_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mtserve models", description="List the models a server serves.")
+    parser = ArgumentParser(prog="mtserve models", description="List the models a server serves.")
     add_connection_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)

@@ -154,7 +154,7 @@ class TranslationClient:
                 return
             except grpc.RpcError as error:
                 if received:
-                    raise TranslationError.from_rpc_error(error) from None
+                    raise TranslationError.from_rpc_error(error, self.target) from None
                 self._sleep_or_raise(error, delays, deadline)
             finally:
                 call.cancel()  # no-op when done; stops the server's work when the caller stops early
@@ -172,8 +172,27 @@ class TranslationClient:
         try:
             response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=t)
         except grpc.RpcError as error:
-            raise TranslationError.from_rpc_error(error) from None
+            raise TranslationError.from_rpc_error(error, self.target) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_until_serving(self, timeout: float) -> None:
+        """Wait (up to `timeout` seconds) until the server is up and reports SERVING: for a script that starts
+        ``mtserve serve`` and calls it at once (loading a model takes seconds)."""
+        deadline = time.monotonic() + timeout
+        status = "not reachable"
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                response = self._health.Check(health_pb2.HealthCheckRequest(), timeout=min(left, 5.0),
+                                              wait_for_ready=True)
+                status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+                if status == "SERVING":
+                    return
+            except grpc.RpcError as error:
+                if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise TranslationError.from_rpc_error(error, self.target) from None
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        raise TranslationError(grpc.StatusCode.DEADLINE_EXCEEDED, f"health is {status}",
+                               f"{self.target} did not report SERVING within {timeout:g} s")
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -186,12 +205,11 @@ class TranslationClient:
             except grpc.RpcError as error:
                 self._sleep_or_raise(error, delays, deadline)
 
-    @staticmethod
-    def _sleep_or_raise(error: grpc.RpcError, delays: Iterator[float], deadline: float | None) -> None:
+    def _sleep_or_raise(self, error: grpc.RpcError, delays: Iterator[float], deadline: float | None) -> None:
         delay = next(delays, None) if RetryPolicy.retryable(error) else None
         left = remaining(deadline)
         if delay is None or (left is not None and left <= delay):
-            raise TranslationError.from_rpc_error(error) from None
+            raise TranslationError.from_rpc_error(error, self.target) from None
         time.sleep(delay)
 
     def close(self) -> None:

@@ -8,19 +8,37 @@ import grpc
 
 
 class TranslationError(Exception):
-    """A call failed: ``code`` is the gRPC status code, ``details`` the server's message."""
+    """A call failed: ``code`` is the gRPC status code, ``details`` the server's (or gRPC's) message, and
+    ``hint`` what it most likely means, when that can be told (no server there, not a gRPC server...)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, hint: str | None = None) -> None:
         self.code = code
         self.details = details
-        super().__init__(f"{code.name}: {details}")
+        self.hint = hint
+        super().__init__(f"{hint} ({code.name}: {details})" if hint else f"{code.name}: {details}")
 
     @classmethod
-    def from_rpc_error(cls, error: grpc.RpcError) -> TranslationError:
+    def from_rpc_error(cls, error: grpc.RpcError, target: str | None = None) -> TranslationError:
         # grpc.RpcError raised by calls is also a grpc.Call with code() and details().
         code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-        details = error.details() if hasattr(error, "details") else str(error)
-        return cls(code, details or "")
+        details = (error.details() if hasattr(error, "details") else str(error)) or ""
+        return cls(code, details, _hint(code, details, target or "the server"))
+
+
+def _hint(code: grpc.StatusCode, details: str, target: str) -> str | None:
+    """What gRPC's transport messages mean for someone calling mtserve."""
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return None
+    if "Connection refused" in details:
+        return f"no mtserve server at {target} (is `mtserve serve` running, on that port?)"
+    if "HTTP/2" in details or "SETTINGS frame" in details:
+        return f"{target} is not a gRPC server (the metrics port?)"
+    if "DNS resolution failed" in details or "Name or service not known" in details:
+        return f"cannot resolve the host of {target}"
+    if "handshake" in details.lower() or "CERTIFICATE_VERIFY" in details or "SSL" in details:
+        return (f"the TLS handshake with {target} failed: a plaintext client and a TLS server (or the other way "
+                f"round), or a certificate its CA does not vouch for (--tls, --ca, --cert, --key)")
+    return None
 
 
 @dataclass(frozen=True)

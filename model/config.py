@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+SUPPORTED_MODEL_TYPES = ("marian",)
 # Names that Transformers' ACT2FN accepts for the same functions.
 SUPPORTED_ACTIVATIONS = ("swish", "silu", "gelu", "relu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh")
 
@@ -45,8 +46,9 @@ class MarianConfig:
     def __post_init__(self) -> None:
         if self.decoder_vocab_size is None:
             self.decoder_vocab_size = self.vocab_size
-        if self.model_type != "marian":
-            raise ConfigError(f"model_type {self.model_type!r} is not supported: mtserve serves 'marian' models")
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ConfigError(f"model_type {self.model_type!r} is not supported; supported: "
+                              f"{', '.join(SUPPORTED_MODEL_TYPES)} (the Hugging Face Marian / OPUS-MT layout)")
         if self.activation_function not in SUPPORTED_ACTIVATIONS:
             raise ConfigError(
                 f"activation_function {self.activation_function!r} is not supported "

@@ -129,7 +129,12 @@ class MtserveServer:
                  f"http://{config.metrics_host}:{self.metrics_port}/metrics" if self.metrics_port else "off")
         await asyncio.get_running_loop().run_in_executor(None, self.registry.load)
         await self._set_health(_SERVING)
-        log.info("serving models: %s (default %s)", ", ".join(self.registry.models), self.registry.default_name)
+        names = list(self.registry.models)
+        if len(names) == 1:
+            log.info("serving model %r; health SERVING", names[0])
+        else:
+            log.info("serving models %s (requests that name none get %r); health SERVING", ", ".join(names),
+                     self.registry.default_name)
 
     def reload(self) -> None:
         """SIGHUP: re-read the TLS certificates and the tokens; connections and calls carry on."""
@@ -207,9 +212,11 @@ async def serve_async(config: ServerConfig) -> int:
 def serve(config: ServerConfig) -> int:
     """`mtserve serve`: run until SIGTERM/SIGINT; the exit code."""
     configure_logging(config.log_level, config.log_format)
-    log.info("effective configuration:\n%s", render_config(config))
-    if config.threads is not None:
-        import torch
+    import torch
 
+    if config.threads is not None:
         torch.set_num_threads(config.threads)
+    resolved = {"threads": f"{torch.get_num_threads()}" + ("" if config.threads is not None else
+                                                            " (torch's default: one per core)")}
+    log.info("effective configuration:\n%s", render_config(config, resolved))
     return asyncio.run(serve_async(config))

@@ -22,9 +22,21 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+def version() -> str:
+    """The installed package's version."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("mtserve")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown (not installed)"
+
+
 def _usage() -> str:
     width = max(map(len, SUBCOMMANDS))
-    lines = ["usage: mtserve <command> [options]   (mtserve <command> --help for its options)", "",
+    lines = ["usage: mtserve <command> [options]   (mtserve <command> --help for its options; mtserve --version)",
+             "",
              "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
     return "\n".join(lines)
@@ -46,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        print(f"mtserve {version()}")
+        return 0
     name, rest = args[0], args[1:]
     if name not in SUBCOMMANDS:
         print(f"mtserve: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)

@@ -17,8 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from mtserve.client.argparsing import ArgumentParser, integer, number
+
 ENV_PREFIX = "MTSERVE_"
-DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 QUANTIZE_MODES = ("none", "int8")  # as model/quantize.py; repeated so that the config needs no torch import
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -72,7 +74,7 @@ class ServerConfig:
     auth_token_file: str | None = None
     # gRPC reflection (grpcurl and friends list and describe the API); --no-reflection turns it off.
     no_reflection: bool = False
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     quantize: str = "none"  # none | int8 (CPU only: int8 linear layers, faster and slightly less accurate)
     # torch intra-op threads (None: torch's default, one per core). On a CPU shared with other work,
@@ -144,7 +146,9 @@ class ServerConfig:
             if self.metrics_port == self.port != 0:
                 raise ValueError(f"metrics_port {self.metrics_port} must differ from port {self.port}")
         if not DEVICE_RE.match(self.device):
-            raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
+            hint = " (Apple's mps is not supported: the engine is built and tested on CPUs and CUDA)" if (
+                isinstance(self.device, str) and self.device.startswith("mps")) else ""
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}{hint}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.quantize not in QUANTIZE_MODES:
@@ -243,7 +247,7 @@ def _check_port(name: str, value: Any) -> None:
 # -- command line and environment -----------------------------------------------------------------
 
 
-def _metrics_port(text: str) -> int | None:
+def port_or_off(text: str) -> int | None:
     if text.strip().lower() in ("off", "none", "disabled", ""):
         return None
     try:
@@ -256,7 +260,7 @@ def _models(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _boolean(text: str) -> bool:
+def boolean(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
@@ -287,45 +291,57 @@ _FLAGS = (
           "none: the bundled default model", "NAME=DIR"),
     _Flag("default_model", str, "the model for requests that name none", "NAME"),
     _Flag("host", str, "address to listen on"),
-    _Flag("port", int, "gRPC port (0: any free port)", "PORT"),
-    _Flag("metrics_port", _metrics_port, "Prometheus /metrics HTTP port (0: any free port; off: none)", "PORT"),
+    _Flag("port", integer, "gRPC port (0: any free port)", "PORT"),
+    _Flag("metrics_port", port_or_off, "Prometheus /metrics HTTP port (0: any free port; off: none)", "PORT"),
     _Flag("metrics_host", str, "address of the /metrics endpoint (0.0.0.0: every interface)", "HOST"),
     _Flag("tls_cert", str, "TLS: the server's certificate chain (PEM); re-read on SIGHUP", "FILE"),
     _Flag("tls_key", str, "TLS: the server's private key (PEM); re-read on SIGHUP", "FILE"),
     _Flag("tls_client_ca", str, "mutual TLS: clients must present a certificate this CA (PEM) signed", "FILE"),
     _Flag("auth_token_file", str, "bearer tokens, one per line (TOKEN or NAME TOKEN); re-read on SIGHUP", "FILE"),
-    _Flag("no_reflection", _boolean, "do not serve gRPC reflection", switch=True),
-    _Flag("device", str, "auto, cpu, cuda, cuda:N or mps"),
+    _Flag("no_reflection", boolean, "do not serve gRPC reflection", switch=True),
+    _Flag("device", str, "auto (cuda when there is one), cpu, cuda or cuda:N"),
     _Flag("dtype", str, "auto, float32, float16 or bfloat16"),
     _Flag("quantize", str, "none, or int8: int8 linear layers on the CPU (faster, slightly less accurate)"),
-    _Flag("threads", int, "torch CPU threads (default: one per core)", "N"),
-    _Flag("max_batch_rows", int, "KV-cache rows per model: beams and samples of all running texts", "N"),
-    _Flag("max_batch_tokens", int, "new source tokens admitted per decoding step", "N"),
-    _Flag("max_queue", int, "texts waiting per model before calls fail with RESOURCE_EXHAUSTED", "N"),
-    _Flag("max_texts_per_request", int, "most texts in one call", "N"),
-    _Flag("max_text_chars", int, "most characters in one text", "N"),
-    _Flag("max_request_chars", int, "most characters in all texts of one call", "N"),
-    _Flag("max_texts_per_caller", int, "texts in flight per caller (token name, else address); default: "
+    _Flag("threads", integer, "torch CPU threads (default: one per core)", "N"),
+    _Flag("max_batch_rows", integer, "KV-cache rows per model: beams and samples of all running texts", "N"),
+    _Flag("max_batch_tokens", integer, "new source tokens admitted per decoding step", "N"),
+    _Flag("max_queue", integer, "texts waiting per model before calls fail with RESOURCE_EXHAUSTED", "N"),
+    _Flag("max_texts_per_request", integer, "most texts in one call", "N"),
+    _Flag("max_text_chars", integer, "most characters in one text", "N"),
+    _Flag("max_request_chars", integer, "most characters in all texts of one call", "N"),
+    _Flag("max_texts_per_caller", integer, "texts in flight per caller (token name, else address); default: "
           "--max-batch-rows + half of --max-queue", "N"),
-    _Flag("max_beam_size", int, "largest beam_size a request may ask for", "N"),
-    _Flag("max_num_hypotheses", int, "largest num_hypotheses a request may ask for", "N"),
-    _Flag("max_length_limit", int, "largest max_length a request may ask for", "N"),
-    _Flag("grace_seconds", float, "on SIGTERM, time for calls in flight to finish", "S"),
-    _Flag("keepalive_time_seconds", float, "interval of server keepalive pings (0: off)", "S"),
-    _Flag("keepalive_timeout_seconds", float, "time to wait for a keepalive ack", "S"),
-    _Flag("max_connection_age_seconds", float, "close connections after this long, to rebalance (0: never)",
+    _Flag("max_beam_size", integer, "largest beam_size a request may ask for", "N"),
+    _Flag("max_num_hypotheses", integer, "largest num_hypotheses a request may ask for", "N"),
+    _Flag("max_length_limit", integer, "largest max_length a request may ask for", "N"),
+    _Flag("grace_seconds", number, "on SIGTERM, time for calls in flight to finish", "S"),
+    _Flag("keepalive_time_seconds", number, "interval of server keepalive pings (0: off)", "S"),
+    _Flag("keepalive_timeout_seconds", number, "time to wait for a keepalive ack", "S"),
+    _Flag("max_connection_age_seconds", number, "close connections after this long, to rebalance (0: never)",
           "S"),
-    _Flag("max_connection_age_grace_seconds", float, "time calls on a closing connection may finish in", "S"),
-    _Flag("max_message_bytes", int, "largest request message", "BYTES"),
-    _Flag("max_metadata_bytes", int, "largest metadata (all headers) of a call", "BYTES"),
-    _Flag("max_streams_per_connection", int, "concurrent calls per HTTP/2 connection", "N"),
-    _Flag("max_connections", int, "connections at once", "N"),
-    _Flag("handshake_timeout_seconds", float, "time a new connection has to complete its handshake", "S"),
-    _Flag("idle_connection_seconds", float, "close connections with no call for this long (0: never)", "S"),
+    _Flag("max_connection_age_grace_seconds", number, "time calls on a closing connection may finish in", "S"),
+    _Flag("max_message_bytes", integer, "largest request message", "BYTES"),
+    _Flag("max_metadata_bytes", integer, "largest metadata (all headers) of a call", "BYTES"),
+    _Flag("max_streams_per_connection", integer, "concurrent calls per HTTP/2 connection", "N"),
+    _Flag("max_connections", integer, "connections at once", "N"),
+    _Flag("handshake_timeout_seconds", number, "time a new connection has to complete its handshake", "S"),
+    _Flag("idle_connection_seconds", number, "close connections with no call for this long (0: never)", "S"),
     _Flag("log_level", str, "DEBUG, INFO, WARNING, ERROR or CRITICAL", "LEVEL"),
     _Flag("log_format", str, "text, or json: one JSON object per line", "FORMAT"),
 )
 _DEFAULTS = {f.name: f.default for f in fields(ServerConfig) if f.name not in ("models", "sources")}
+# What a default of None (or a computed one) means, for --help and the README's table.
+_SHOWN_DEFAULTS = {
+    "model": "the bundled model",
+    "default_model": "the first --model",
+    "threads": "one per core",
+    "tls_cert": "none (plaintext)",
+    "tls_key": "none",
+    "tls_client_ca": "none (no client certificates)",
+    "auth_token_file": "none (no tokens)",
+    "no_reflection": "reflection on",
+    "max_texts_per_caller": "--max-batch-rows + half of --max-queue",
+}
 
 
 def build_serve_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -335,9 +351,9 @@ def build_serve_parser(parser: argparse.ArgumentParser | None = None) -> argpars
     tells "not given" from any given value, None ("--metrics-port off") included.
     """
     if parser is None:
-        parser = argparse.ArgumentParser(prog="mtserve serve", description="Serve translation models over gRPC.")
+        parser = ArgumentParser(prog="mtserve serve", description="Serve translation models over gRPC.")
     for spec in _FLAGS:
-        default = {"model": "none", "default_model": "the first --model"}.get(spec.field, _DEFAULTS.get(spec.field))
+        default = _SHOWN_DEFAULTS.get(spec.field, _DEFAULTS.get(spec.field))
         kwargs: dict[str, Any] = {
             "dest": spec.field,
             "default": argparse.SUPPRESS,
@@ -353,6 +369,17 @@ def build_serve_parser(parser: argparse.ArgumentParser | None = None) -> argpars
             kwargs["type"] = spec.parse
         parser.add_argument(spec.flag, **kwargs)
     return parser
+
+
+def flags_markdown() -> str:
+    """The table of every ``mtserve serve`` flag, its variable, default and meaning, as the README shows it
+    (tests/server/test_docs.py checks that the README's table is this one)."""
+    rows = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
+    for spec in _FLAGS:
+        flag = spec.flag + ("" if spec.switch else f" {spec.metavar or spec.field.upper()}")
+        default = _SHOWN_DEFAULTS.get(spec.field, _DEFAULTS.get(spec.field))
+        rows.append(f"| `{flag}` | `{spec.env}` | {default} | {spec.help} |")
+    return "\n".join(rows)
 
 
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> ServerConfig:
@@ -386,17 +413,20 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
     return config
 
 
-def render_config(config: ServerConfig) -> str:
-    """The effective config, one ``name = value  (source)`` line per field, for the start-up log."""
+def render_config(config: ServerConfig, resolved: Mapping[str, str] | None = None) -> str:
+    """The effective config, one ``name = value  (source)`` line per field, for the start-up log.
+    `resolved` gives what a default turned into where the config cannot know it (threads)."""
     lines = []
     for f in fields(config):
         if f.name == "sources":
             continue
         value = getattr(config, f.name)
-        if f.name == "models":
+        if resolved is not None and f.name in resolved:
+            shown = resolved[f.name]
+        elif f.name == "models":
             shown = ", ".join(str(m) for m in value) if value else "(the bundled default model)"
         elif f.name == "default_model" and value is None:
-            shown = f"{config.default_model_name} (first model)" if config.models else "(bundled)"
+            shown = f"{config.default_model_name} (the first model)" if config.models else "(the bundled model)"
         elif f.name == "metrics_port" and value is None:
             shown = "off"
         else:

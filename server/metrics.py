@@ -101,7 +101,8 @@ class Metrics:
         self.requests_rejected = Counter(
             "mtserve_requests_rejected_total",
             "Translation calls that failed without a translation, by reason (invalid_argument, "
-            "model_not_found, queue_full, draining, not_ready, deadline, cancelled, internal).",
+            "model_not_found, queue_full, caller_limit, draining, not_ready, engine_stopped, deadline, "
+            "cancelled, internal).",
             ["model", "reason"], registry=r)
         self.input_tokens = Counter(
             "mtserve_input_tokens_total", "Source tokens (</s> included) of the texts admitted.",
@@ -227,6 +228,24 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def reference_markdown() -> str:
+    """Every metric the server exports, with its type, labels and meaning: docs/metrics.md
+    (``python -m mtserve.server.metrics > docs/metrics.md``; tests/server/test_docs.py checks it)."""
+    lines = ["# Metrics", "",
+             "Every series `mtserve serve` exports on `/metrics` (generated from server/metrics.py: "
+             "`python -m mtserve.server.metrics > docs/metrics.md`). Histograms also export `_bucket`, `_sum` "
+             "and `_count`, counters end in `_total`.", "",
+             "| metric | type | labels | meaning |", "|---|---|---|---|"]
+    metrics = Metrics()
+    collectors = [value for value in vars(metrics).values() if hasattr(value, "_labelnames")]
+    for collector in sorted(collectors, key=lambda c: c._name):
+        kind = collector._type
+        name = collector._name + ("_total" if kind == "counter" else "_info" if kind == "info" else "")
+        labels = ", ".join(f"`{label}`" for label in collector._labelnames) or "–"
+        lines.append(f"| `{name}` | {kind} | {labels} | {' '.join(collector._documentation.split())} |")
+    return "\n".join(lines) + "\n"
+
+
 @dataclass
 class MetricsServer:
     """A running /metrics HTTP endpoint (a daemon thread); ``port`` is the bound port."""
@@ -258,3 +277,7 @@ __all__ = [
     "code_label",
     "start_metrics_server",
 ]
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

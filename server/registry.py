@@ -12,6 +12,7 @@ from mtserve.engine.core import EngineCore
 from mtserve.engine.errors import EngineDeadError
 from mtserve.engine.scheduler import Scheduler
 from mtserve.engine.translator import Translator
+from mtserve.model import bundled_model_dir
 
 from .config import ModelSpec, ServerConfig
 from .engine_thread import EngineThread
@@ -25,14 +26,11 @@ BUNDLED_MODEL_NAME = "default"
 
 def bundled_model_spec() -> ModelSpec:
     """The model shipped inside the package (mtserve/model/default/), served when no --model is given."""
-    import mtserve.model
-
-    path = Path(mtserve.model.__file__).resolve().parent / "default"
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"no --model was given and the bundled default model is not installed at {path}; "
-            "pass --model DIR (a Marian/OPUS-MT directory) or MTSERVE_MODEL"
-        )
+    try:
+        path = bundled_model_dir()
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"no --model was given and {exc}; pass --model DIR (a Marian/OPUS-MT "
+                                "directory) or MTSERVE_MODEL") from None
     return ModelSpec(BUNDLED_MODEL_NAME, str(path))
 
 

@@ -330,10 +330,10 @@ def mtserve_command() -> list[str]:
 class ServeProcess:
     """A `mtserve serve` subprocess whose output goes to a log file (read back when a test fails)."""
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
             [*mtserve_command(), "serve", *args], stdout=self._log, stderr=subprocess.STDOUT, env=env
         )

@@ -9,11 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from mtserve.engine.translator import Translator
-
-pytest.importorskip("mtserve.client.cli", reason="the client CLI (client/cli.py) is not in this tree")
 
 MAX_LENGTH = 24
 

@@ -65,7 +65,7 @@ def test_model_spec_parsing():
         ({"port": 70000}, "port must be an integer in [0, 65535], got 70000"),
         ({"metrics_port": -1}, "metrics_port must be an integer in [0, 65535], got -1"),
         ({"port": 9000, "metrics_port": 9000}, "metrics_port 9000 must differ from port 9000"),
-        ({"device": "gpu"}, "device must be auto, cpu, mps, cuda or cuda:N, got 'gpu'"),
+        ({"device": "gpu"}, "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
         ({"dtype": "fp8"}, "dtype must be one of auto, float32, float16, bfloat16, got 'fp8'"),
         ({"quantize": "int4"}, "quantize must be one of none, int8, got 'int4'"),
         ({"max_batch_rows": 0}, "max_batch_rows must be an integer >= 1, got 0"),
@@ -127,7 +127,7 @@ def test_render_config_shows_values_and_sources():
     assert "  max_queue = 10  (env MTSERVE_MAX_QUEUE)" in lines
     assert "  models = en-de=/m  (flag)" in lines
     assert "  device = auto" in lines
-    assert "  default_model = en-de (first model)" in lines
+    assert "  default_model = en-de (the first model)" in lines
     assert "  metrics_port = off" in render_config(ServerConfig(metrics_port=None)).splitlines()
 
 
@@ -136,7 +136,7 @@ def test_serve_cli_rejects_bad_values(capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         main(["serve", "--port", "1"])
     assert e.value.code == 2
-    assert "device must be auto, cpu, mps, cuda or cuda:N, got 'tpu' (device from env MTSERVE_DEVICE)" in \
+    assert "device must be auto, cpu, cuda or cuda:N, got 'tpu' (device from env MTSERVE_DEVICE)" in \
         capsys.readouterr().err
 
 
