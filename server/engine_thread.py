@@ -23,6 +23,7 @@ from mtserve.engine.errors import EngineDeadError
 from mtserve.engine.events import FinishReason, TextEvent
 from mtserve.engine.scheduler import Request, Scheduler
 
+from .memory import TRIM_INTERVAL_SECONDS, release_free_memory
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,12 @@ class EngineThread:
     # -- the engine thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
+        trimmed = time.monotonic()
         try:
             while not self._stop.is_set():
+                if time.monotonic() - trimmed > TRIM_INTERVAL_SECONDS:  # between steps: memory.py says why
+                    release_free_memory()
+                    trimmed = time.monotonic()
                 if not self.core.has_work() and not self.scheduler.wait_for_work(self.idle_wait_seconds):
                     continue
                 output = self.core.step()

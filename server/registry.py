@@ -13,6 +13,7 @@ from mtserve.engine.errors import EngineDeadError
 from mtserve.engine.scheduler import Scheduler
 from mtserve.engine.translator import Translator
 from mtserve.model import bundled_model_dir
+from mtserve.model.cpu_linear import warm_up
 
 from .config import ModelSpec, ServerConfig
 from .engine_thread import EngineThread
@@ -92,8 +93,10 @@ class ModelRegistry:
     def _load_one(self, spec: ModelSpec, *, is_default: bool) -> ServedModel:
         config = self.config
         translator = Translator.load(spec.path, device=config.device, dtype=config.dtype, quantize=config.quantize)
-        # Warm-up: the first step pays for allocator and kernel initialisation, not the first caller.
+        # Warm-up: the first step pays for allocator and kernel initialisation, not the first caller, and the
+        # packed layers meet their row buckets now (cpu_linear.warm_up says why).
         translator.translate(["Warm-up."], max_length=4)
+        warm_up(translator.model, config.max_batch_rows)
         scheduler = Scheduler(config.max_batch_rows, config.max_batch_tokens, config.max_queue)
         core = EngineCore(translator.model, scheduler, name=spec.name)
         engine = EngineThread(spec.name, core, self.metrics, on_death=lambda _: self._engine_died(spec.name))

@@ -107,3 +107,15 @@ def test_folding_final_logits_bias_into_the_packed_output_layer_keeps_the_logits
     mask, decoder_ids = ids != 0, torch.tensor([[0, 4, 8], [0, 6, 6]])
     with torch.inference_mode():
         torch.testing.assert_close(packed(ids, mask, decoder_ids), plain(ids, mask, decoder_ids), atol=1e-4, rtol=1e-5)
+
+
+def test_warm_up_meets_every_bucket_once_per_weight_shape(make_marian: Any, tmp_path: Path) -> None:
+    from mtserve.model.cpu_linear import warm_up
+
+    model_dir, _ = make_marian(tmp_path, init_std=0.5)
+    _, model = load_model(model_dir, device="cpu", dtype="float32")
+    pack_linears(model)
+    shapes = {(m.in_features, m.out_features) for m in model.modules() if isinstance(m, PackedLinear)}
+    buckets = len({bucket_rows(r) for r in range(1, 65)})
+    # The output layer's shape is met up to the batch's rows, the three others up to 64 encoder rows here.
+    assert warm_up(model, step_rows=64, pass_rows=64) == len(shapes) * buckets
