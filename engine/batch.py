@@ -24,7 +24,7 @@ import torch
 from mtserve.model.options import SearchOptions
 from mtserve.model.processors import ForcedTokens, LogitsProcessor, MinLength, NeverGenerate, apply_processors
 from mtserve.model.search import Plan, Search, new_search
-from mtserve.model.transformer import MarianTransformer
+from mtserve.model.transformer import Transformer
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Slot:
 class Batch:
     """Owns a model's KV cache of `num_rows` rows and the texts decoding in them."""
 
-    def __init__(self, model: MarianTransformer, num_rows: int) -> None:
+    def __init__(self, model: Transformer, num_rows: int) -> None:
         config = model.config
         self.model = model
         self.num_rows = num_rows

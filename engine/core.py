@@ -34,7 +34,7 @@ import torch
 
 from mtserve.model.options import SearchOptions
 from mtserve.model.search import Plan
-from mtserve.model.transformer import MarianTransformer
+from mtserve.model.transformer import Transformer
 
 from .batch import Batch
 from .events import FinishReason, TextEvent
@@ -66,7 +66,7 @@ class EngineCore:
 
     def __init__(
         self,
-        model: MarianTransformer,
+        model: Transformer,
         scheduler: Scheduler,
         *,
         name: str = "model",

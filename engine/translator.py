@@ -23,13 +23,13 @@ import torch
 
 from mtserve.model import bundled_model_dir
 from mtserve.model.checkpoint import check_model_dir, cpu_has_fast_float16, load_model
-from mtserve.model.config import MarianConfig
+from mtserve.model.config import ModelConfig
 from mtserve.model.cpu_linear import fold_logits_bias, pack_linears
 from mtserve.model.options import SearchOptions, generation_defaults, merge_defaults
 from mtserve.model.quantize import QUANTIZE_MODES, quantize_int8
 from mtserve.model.search import Hypothesis
 from mtserve.model.tokenizer import MarianTokenizer
-from mtserve.model.transformer import MarianTransformer
+from mtserve.model.transformer import Transformer
 
 from .batch import NewText
 from .core import EngineCore
@@ -68,7 +68,7 @@ class Translator:
 
     def __init__(
         self,
-        model: MarianTransformer,
+        model: Transformer,
         tokenizer: MarianTokenizer,
         *,
         max_batch_rows: int = 256,
@@ -77,7 +77,7 @@ class Translator:
         defaults: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
-        self.config: MarianConfig = model.config
+        self.config: ModelConfig = model.config
         self.tokenizer = tokenizer
         self.max_batch_rows = max_batch_rows
         self.load_seconds = load_seconds

@@ -11,9 +11,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import ConfigError, MarianConfig
+from .config import ConfigError, ModelConfig
 from .layers import sinusoidal_positions
-from .transformer import MarianTransformer
+from .transformer import Transformer
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return DTYPES[dtype]
 
 
-def check_model_dir(path: str | Path) -> MarianConfig:
+def check_model_dir(path: str | Path) -> ModelConfig:
     """The model directory exists and its config.json describes a model mtserve serves (before anything
     else of it is read, so that errors speak of the directory first)."""
     path = Path(path)
@@ -81,7 +81,7 @@ def check_model_dir(path: str | Path) -> MarianConfig:
     if not any(path.iterdir()):
         raise CheckpointError(f"{path}: the model directory is empty")
     try:
-        return MarianConfig.from_dir(path)
+        return ModelConfig.from_dir(path)
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
 
@@ -109,7 +109,7 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
     return {name.removeprefix("model."): tensor for name, tensor in tensors.items()}, file
 
 
-def _has_distinct_embeddings(config: MarianConfig, tensors: dict[str, torch.Tensor]) -> bool:
+def _has_distinct_embeddings(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> bool:
     """A shared vocabulary whose encoder and decoder tables differ on disk.
 
     Transformers 5 saves a shared-vocabulary model with tie_word_embeddings=False that way (and leaves
@@ -133,7 +133,7 @@ def _find(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor | None:
 
 def load_model(
     path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
-) -> tuple[MarianConfig, MarianTransformer]:
+) -> tuple[ModelConfig, Transformer]:
     """Read config.json and the weights of a Marian directory into a model in eval mode on `device`."""
     path = Path(path)
     config = check_model_dir(path)
@@ -145,7 +145,7 @@ def load_model(
     if _has_distinct_embeddings(config, tensors):
         structure = dataclasses.replace(config, share_encoder_decoder_embeddings=False)
     with torch.device("meta"):
-        model = MarianTransformer(structure)
+        model = Transformer(structure)
     model.config = config
     state: dict[str, torch.Tensor] = {}
     for name, expected in model.state_dict().items():
@@ -180,7 +180,7 @@ def load_model(
 
 
 def save_model(
-    model: MarianTransformer, config: MarianConfig, path: str | Path, dtype: str | torch.dtype | None = None
+    model: Transformer, config: ModelConfig, path: str | Path, dtype: str | torch.dtype | None = None
 ) -> Path:
     """Write config.json and model.safetensors in the layout Transformers and CTranslate2 read.
 

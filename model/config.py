@@ -17,7 +17,7 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class MarianConfig:
+class ModelConfig:
     """A Marian encoder-decoder transformer, in Transformers' field names so config.json round-trips."""
 
     vocab_size: int = 58101
@@ -84,7 +84,7 @@ class MarianConfig:
         return self.vocab_size if self.share_encoder_decoder_embeddings else int(self.decoder_vocab_size or 0)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> MarianConfig:
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in values.items() if k in known}
         # Transformers allows a list of eos ids; Marian models have exactly one.
@@ -98,7 +98,7 @@ class MarianConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_dir(cls, path: str | Path) -> MarianConfig:
+    def from_dir(cls, path: str | Path) -> ModelConfig:
         file = Path(path) / "config.json"
         try:
             values = json.loads(file.read_text(encoding="utf-8"))

@@ -14,7 +14,7 @@ import logging
 import torch
 from torch import nn
 
-from .transformer import MarianTransformer
+from .transformer import Transformer
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def pack_linears(model: nn.Module) -> int:
     return len(targets)
 
 
-def warm_up(model: MarianTransformer, step_rows: int, pass_rows: int = 1024) -> int:
+def warm_up(model: Transformer, step_rows: int, pass_rows: int = 1024) -> int:
     """Run one packed layer of every weight shape at every row bucket it will meet, so that oneDNN keeps
     these shapes' state from the start: resident memory is reached at once instead of crept up to over
     hours of traffic (as new shapes turn up), and early requests pay no primitive creation. The output
@@ -125,7 +125,7 @@ def warm_up(model: MarianTransformer, step_rows: int, pass_rows: int = 1024) -> 
     return shapes
 
 
-def fold_logits_bias(model: MarianTransformer) -> bool:
+def fold_logits_bias(model: Transformer) -> bool:
     """Make a packed output layer add ``final_logits_bias`` itself, inside its matmul: one pass over the
     (rows x vocabulary) logits less per decoder step. True when folded."""
     head = model.lm_head

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import MultiHeadAttention
-from .config import MarianConfig
+from .config import ModelConfig
 from .kv_cache import KVCache
 
 
@@ -78,7 +78,7 @@ class EncoderLayer(_PostNormLayer):
     """Self-attention + FFN, each followed by residual and LayerNorm (post-norm)."""
 
     @classmethod
-    def from_config(cls, config: MarianConfig) -> EncoderLayer:
+    def from_config(cls, config: ModelConfig) -> EncoderLayer:
         return cls(config.d_model, config.encoder_attention_heads, config.encoder_ffn_dim,
                    config.activation_function, config.dropout, config.attention_dropout, config.activation_dropout)
 
@@ -106,7 +106,7 @@ class DecoderLayer(_PostNormLayer):
         self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
 
     @classmethod
-    def from_config(cls, config: MarianConfig) -> DecoderLayer:
+    def from_config(cls, config: ModelConfig) -> DecoderLayer:
         return cls(config.d_model, config.decoder_attention_heads, config.decoder_ffn_dim,
                    config.activation_function, config.dropout, config.attention_dropout, config.activation_dropout)
 

@@ -10,29 +10,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import MarianConfig
+from .config import ModelConfig
 from .kv_cache import KVCache
 from .layers import DecoderLayer, EncoderLayer, embedding_scale, sinusoidal_positions
 
 
 class Encoder(nn.Module):
-    def __init__(self, config: MarianConfig, embed_tokens: nn.Embedding) -> None:
+    def __init__(self, config: ModelConfig, embed_tokens: nn.Embedding) -> None:
         super().__init__()
         self.embed_tokens = embed_tokens
         self.layers = nn.ModuleList(EncoderLayer.from_config(config) for _ in range(config.encoder_layers))
 
 
 class Decoder(nn.Module):
-    def __init__(self, config: MarianConfig, embed_tokens: nn.Embedding) -> None:
+    def __init__(self, config: ModelConfig, embed_tokens: nn.Embedding) -> None:
         super().__init__()
         self.embed_tokens = embed_tokens
         self.layers = nn.ModuleList(DecoderLayer.from_config(config) for _ in range(config.decoder_layers))
 
 
-class MarianTransformer(nn.Module):
+class Transformer(nn.Module):
     """Token embeddings + sinusoidal positions, post-norm encoder and decoder, output projection + bias."""
 
-    def __init__(self, config: MarianConfig) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         d_model, pad = config.d_model, config.pad_token_id

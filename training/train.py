@@ -48,10 +48,10 @@ from mtserve.engine.batch import NewText
 from mtserve.engine.core import EngineCore
 from mtserve.engine.scheduler import Request, Scheduler, Text
 from mtserve.model.checkpoint import load_model, save_model
-from mtserve.model.config import MarianConfig
+from mtserve.model.config import ModelConfig
 from mtserve.model.options import SearchOptions
 from mtserve.model.tokenizer import MarianTokenizer
-from mtserve.model.transformer import MarianTransformer
+from mtserve.model.transformer import Transformer
 
 from .data import read_split
 from .vocab import copy_vocab
@@ -135,8 +135,8 @@ class TrainConfig:
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be positive, got {self.max_time!r}")
 
-    def model_config(self, vocab: MarianTokenizer) -> MarianConfig:
-        return MarianConfig(
+    def model_config(self, vocab: MarianTokenizer) -> ModelConfig:
+        return ModelConfig(
             vocab_size=vocab.source_vocab_size,
             d_model=self.d_model,
             encoder_layers=self.encoder_layers,
@@ -286,7 +286,7 @@ def init_weights(model: nn.Module, d_model: int, pad_id: int) -> None:
                 module.weight[pad_id].zero_()
 
 
-def load_weights(model: MarianTransformer, path: Path) -> None:
+def load_weights(model: Transformer, path: Path) -> None:
     """Copy the weights of the Marian directory `path` into `model` (their configs must agree)."""
     source_config, source = load_model(path, device="cpu", dtype="float32")
     if source_config.to_dict() != model.config.to_dict():
@@ -294,7 +294,7 @@ def load_weights(model: MarianTransformer, path: Path) -> None:
     model.load_state_dict(source.state_dict())
 
 
-def zero_pad_embedding(model: MarianTransformer, pad_id: int) -> None:
+def zero_pad_embedding(model: Transformer, pad_id: int) -> None:
     """Keep the <pad> row of every embedding table at zero.
 
     The decoder starts from <pad>, and Marian and CTranslate2 start it from a zero embedding (CTranslate2
@@ -319,7 +319,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
 # --- evaluation ------------------------------------------------------------------------------------
 
 
-def greedy_decode(model: MarianTransformer, sources: Sequence[list[int]], max_rows: int = 256) -> list[list[int]]:
+def greedy_decode(model: Transformer, sources: Sequence[list[int]], max_rows: int = 256) -> list[list[int]]:
     """Greedy outputs (token ids without ``</s>``) through the serving decoder (KV cache, batched).
 
     Each text may run to ``2 * len(source) + 10`` tokens: an early model that has
@@ -340,7 +340,7 @@ def greedy_decode(model: MarianTransformer, sources: Sequence[list[int]], max_ro
 
 
 @torch.no_grad()
-def dev_loss(model: MarianTransformer, examples: Sequence[Example], cfg: TrainConfig, pad_id: int,
+def dev_loss(model: Transformer, examples: Sequence[Example], cfg: TrainConfig, pad_id: int,
              device: torch.device) -> float:
     """Teacher-forced per-token NLL on ``examples`` (no smoothing, dropout off)."""
     was_training = model.training
@@ -356,7 +356,7 @@ def dev_loss(model: MarianTransformer, examples: Sequence[Example], cfg: TrainCo
     return nll_sum / max(count, 1)
 
 
-def evaluate(model: MarianTransformer, vocab: MarianTokenizer, eval_sets: dict[str, tuple[list[str], list[str]]],
+def evaluate(model: Transformer, vocab: MarianTokenizer, eval_sets: dict[str, tuple[list[str], list[str]]],
              cfg: TrainConfig, device: torch.device) -> dict[str, float]:
     """BLEU, chrF (sacrebleu, greedy) and dev loss for each evaluation set."""
     import sacrebleu  # the 'train' extra; imported here so the module loads without it
@@ -403,7 +403,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def export_model(
-    model: MarianTransformer, config: MarianConfig, vocab_dir: Path, out: Path, dtype: str | None = None
+    model: Transformer, config: ModelConfig, vocab_dir: Path, out: Path, dtype: str | None = None
 ) -> Path:
     """The finished model in the Marian layout: weights (in `dtype`, e.g. float16 to halve the file),
     config, tokenizer files, generation defaults."""
@@ -471,7 +471,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 eval_sets[name] = (src[: cfg.eval_size], tgt[: cfg.eval_size])
 
     config = cfg.model_config(vocab)
-    model = MarianTransformer(config)
+    model = Transformer(config)
     init_weights(model, cfg.d_model, vocab.pad_id)
     if cfg.init_from is not None:
         load_weights(model, cfg.init_from)

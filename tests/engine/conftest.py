@@ -12,16 +12,16 @@ import pytest
 import torch
 from _tiny_model import tiny_model
 
-from mtserve.model.transformer import MarianTransformer
+from mtserve.model.transformer import Transformer
 
 
 @pytest.fixture(scope="session")
-def endless() -> MarianTransformer:
+def endless() -> Transformer:
     return tiny_model(endless=True)
 
 
 @pytest.fixture(scope="session")
-def varied() -> MarianTransformer:
+def varied() -> Transformer:
     return tiny_model(endless=False, seed=3)
 
 

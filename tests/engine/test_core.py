@@ -19,7 +19,7 @@ from mtserve.engine.core import EngineCore, is_out_of_memory
 from mtserve.engine.events import FinishReason, TextEvent
 from mtserve.engine.scheduler import Request, Scheduler, Text
 from mtserve.model.options import SearchOptions
-from mtserve.model.transformer import MarianTransformer
+from mtserve.model.transformer import Transformer
 
 
 class Clock:
@@ -34,7 +34,7 @@ def source(n: int, seed: int = 0) -> list[int]:
     return [2 + (seed * 7 + i * 3) % 30 for i in range(n - 1)] + [EOS]
 
 
-def make(model: MarianTransformer, rows: int, clock: Clock | None = None) -> EngineCore:
+def make(model: Transformer, rows: int, clock: Clock | None = None) -> EngineCore:
     return EngineCore(model, Scheduler(rows, 1000, 100), name="test", clock=clock or Clock())
 
 
@@ -84,7 +84,7 @@ class Run:
         return event.hypotheses[0].token_ids
 
 
-def test_cancel_at_a_full_batch_fails_nobody_and_admits_the_waiting_text(endless: MarianTransformer) -> None:
+def test_cancel_at_a_full_batch_fails_nobody_and_admits_the_waiting_text(endless: Transformer) -> None:
     """The issue's repro: every row running, one text waiting, a running text cancelled."""
     core = make(endless, rows=2)
     run = Run(core)
@@ -103,7 +103,7 @@ def test_cancel_at_a_full_batch_fails_nobody_and_admits_the_waiting_text(endless
     assert len(run.tokens(innocent)) == 11 and len(run.tokens(waiting)) == 6  # forced </s> is the last
 
 
-def test_deadline_at_saturation(endless: MarianTransformer) -> None:
+def test_deadline_at_saturation(endless: Transformer) -> None:
     clock = Clock()
     core = make(endless, rows=2, clock=clock)
     run = Run(core)
@@ -122,7 +122,7 @@ def test_deadline_at_saturation(endless: MarianTransformer) -> None:
     assert run.ending(innocent).finish_reason is run.ending(waiting).finish_reason is FinishReason.MAX_LENGTH
 
 
-def test_every_running_text_cancelled_at_once(endless: MarianTransformer) -> None:
+def test_every_running_text_cancelled_at_once(endless: Transformer) -> None:
     core = make(endless, rows=8)
     run = Run(core)
     running = [text for i in range(4) for text in submit(core, f"r{i}", 40, beam=2)]
@@ -139,7 +139,7 @@ def test_every_running_text_cancelled_at_once(endless: MarianTransformer) -> Non
     assert all(len(run.tokens(text)) == 5 for text in waiting)
 
 
-def test_a_cancel_racing_its_own_finish_ends_the_text_once(endless: MarianTransformer) -> None:
+def test_a_cancel_racing_its_own_finish_ends_the_text_once(endless: Transformer) -> None:
     core = make(endless, rows=2)
     run = Run(core)
     [text] = submit(core, "racer", 3)
@@ -154,7 +154,7 @@ def test_a_cancel_racing_its_own_finish_ends_the_text_once(endless: MarianTransf
     assert run.ending(late).finish_reason is FinishReason.MAX_LENGTH
 
 
-def _alone(model: MarianTransformer, max_length: int, beam: int, seed: int) -> list[int]:
+def _alone(model: Transformer, max_length: int, beam: int, seed: int) -> list[int]:
     core = make(model, rows=beam)
     search = SearchOptions(beam_size=beam, max_length=max_length)
     [event] = core.run_to_end(Request("alone", [Text(("alone", 0), beam, 6, max_length,
@@ -170,7 +170,7 @@ def _mixed(core: EngineCore) -> list[Text]:
 
 
 @pytest.mark.parametrize("phase", ["encode", "decode", "advance"])
-def test_a_fault_fails_only_the_text_that_causes_it(varied: MarianTransformer, phase: str) -> None:
+def test_a_fault_fails_only_the_text_that_causes_it(varied: Transformer, phase: str) -> None:
     core = make(varied, rows=16)
     run = Run(core)
     texts = _mixed(core)
@@ -197,7 +197,7 @@ def test_a_fault_fails_only_the_text_that_causes_it(varied: MarianTransformer, p
                                               seed=text.text_id[1])
 
 
-def test_out_of_memory_retries_at_half_the_rows_and_fails_nobody(varied: MarianTransformer) -> None:
+def test_out_of_memory_retries_at_half_the_rows_and_fails_nobody(varied: Transformer) -> None:
     core = make(varied, rows=16)
     run = Run(core)
     texts = _mixed(core)
@@ -220,7 +220,7 @@ def test_out_of_memory_retries_at_half_the_rows_and_fails_nobody(varied: MarianT
 
 
 def test_a_fault_that_cannot_be_pinned_fails_that_steps_texts_and_the_engine_goes_on(
-    varied: MarianTransformer, monkeypatch: pytest.MonkeyPatch
+    varied: Transformer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     core = make(varied, rows=4)
     run = Run(core)
@@ -243,7 +243,7 @@ def test_a_fault_that_cannot_be_pinned_fails_that_steps_texts_and_the_engine_goe
     assert all(run.ending(text).finish_reason is FinishReason.MAX_LENGTH for text in waiting)
 
 
-def test_a_failed_row_move_starts_the_batch_afresh(varied: MarianTransformer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_row_move_starts_the_batch_afresh(varied: Transformer, monkeypatch: pytest.MonkeyPatch) -> None:
     core = make(varied, rows=4)
     run = Run(core)
     running = submit(core, "running", 20, texts=2, beam=2)
@@ -267,7 +267,7 @@ def test_a_failed_row_move_starts_the_batch_afresh(varied: MarianTransformer, mo
     assert len(run.tokens(after)) <= 5
 
 
-def test_extreme_but_valid_options_decode_beside_others(varied: MarianTransformer) -> None:
+def test_extreme_but_valid_options_decode_beside_others(varied: Transformer) -> None:
     """The options that once broke a step (length_penalty 1e30) are refused; the bounds themselves decode."""
     with pytest.raises(ValueError, match="length_penalty"):
         SearchOptions(beam_size=4, length_penalty=1e30)
@@ -291,7 +291,7 @@ def test_extreme_but_valid_options_decode_beside_others(varied: MarianTransforme
 
 
 @pytest.mark.parametrize("beam", [1, 2, 4])
-def test_streamed_tokens_spell_the_best_hypothesis(varied: MarianTransformer, beam: int) -> None:
+def test_streamed_tokens_spell_the_best_hypothesis(varied: Transformer, beam: int) -> None:
     """What a text streams can never be taken back: beam search emits the prefix all its candidates share,
     so the tokens emitted over all steps are exactly the best hypothesis's."""
     core = make(varied, rows=64)

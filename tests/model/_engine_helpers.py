@@ -12,10 +12,10 @@ from mtserve.engine.core import EngineCore
 from mtserve.engine.scheduler import Request, Scheduler, Text
 from mtserve.model.options import SearchOptions
 from mtserve.model.search import Hypothesis
-from mtserve.model.transformer import MarianTransformer
+from mtserve.model.transformer import Transformer
 
 
-def engine_core(model: MarianTransformer, num_rows: int) -> EngineCore:
+def engine_core(model: Transformer, num_rows: int) -> EngineCore:
     """An engine core on `model` with `num_rows` rows and no queue or token limits to speak of."""
     return EngineCore(model, Scheduler(num_rows, 2**30, 2**30), name="test")
 
@@ -28,7 +28,7 @@ def submit_text(core: EngineCore, key: Hashable, source: Sequence[int], options:
 
 
 def run_jobs(
-    model: MarianTransformer,
+    model: Transformer,
     jobs: Sequence[tuple[Sequence[int], SearchOptions, int]],
     num_rows: int | None = None,
 ) -> list[list[Hypothesis]]:
@@ -51,7 +51,7 @@ def run_jobs(
 
 
 def decode_all(
-    model: MarianTransformer,
+    model: Transformer,
     sources: Sequence[Sequence[int]],
     options: SearchOptions,
     *,

@@ -13,7 +13,7 @@ import pytest
 from mtserve.model.checkpoint import load_model
 from mtserve.model.options import SearchOptions
 from mtserve.model.search import Hypothesis
-from mtserve.model.transformer import MarianTransformer
+from mtserve.model.transformer import Transformer
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -40,7 +40,7 @@ OPTIONS = {
 @pytest.fixture(scope="module")
 def setup(
     make_marian: Any, helpers: Any, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[MarianTransformer, list[list[int]]]:
+) -> tuple[Transformer, list[list[int]]]:
     path = tmp_path_factory.mktemp("invariance")
     make_marian(path, **MODEL)
     _, model = load_model(path, device="cpu", dtype="float32")
@@ -51,12 +51,12 @@ def setup(
     return model, sources
 
 
-def _alone(model: MarianTransformer, source: list[int], options: SearchOptions, helpers: Any) -> list[Hypothesis]:
+def _alone(model: Transformer, source: list[int], options: SearchOptions, helpers: Any) -> list[Hypothesis]:
     return helpers.run_jobs(model, [(source, options, 0)])[0]
 
 
 def _staggered(
-    model: MarianTransformer, sources: list[list[int]], options: list[SearchOptions], every: int, helpers: Any
+    model: Transformer, sources: list[list[int]], options: list[SearchOptions], every: int, helpers: Any
 ) -> dict[Hashable, list[Hypothesis]]:
     """Text i joins at step i * every (0: all together, one padded encoder batch)."""
     results = helpers.run_jobs(model, [(s, o, i * every) for i, (s, o) in enumerate(zip(sources, options,
@@ -73,7 +73,7 @@ def _assert_same(batched: list[Hypothesis], alone: list[Hypothesis], label: str)
 @pytest.mark.parametrize("every", [0, 1, 3], ids=["together", "join-each-step", "join-every-3"])
 @pytest.mark.parametrize("search", list(OPTIONS))
 def test_batched_equals_alone(
-    setup: tuple[MarianTransformer, list[list[int]]], search: str, every: int, helpers: Any
+    setup: tuple[Transformer, list[list[int]]], search: str, every: int, helpers: Any
 ) -> None:
     model, sources = setup
     options = OPTIONS[search]
@@ -84,7 +84,7 @@ def test_batched_equals_alone(
         _assert_same(batched[i], _alone(model, source, options, helpers), f"text {i}")
 
 
-def test_mixed_searches_in_one_batch(setup: tuple[MarianTransformer, list[list[int]]], helpers: Any) -> None:
+def test_mixed_searches_in_one_batch(setup: tuple[Transformer, list[list[int]]], helpers: Any) -> None:
     """Greedy, beam and sampled texts share the batch (and the steps) without affecting one another."""
     model, sources = setup
     sampled = SearchOptions(num_hypotheses=3, sampling_topk=10, seed=11, max_length=MAX_LENGTH)

@@ -133,7 +133,7 @@ def test_bad_directory_has_a_clear_message(copy_of: Path, case: str) -> None:
 
 
 def test_missing_directory(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match=r"nowhere: model directory does not exist"):
+    with pytest.raises(CheckpointError, match=r"nowhere: no such model directory"):
         load_model(tmp_path / "nowhere")
 
 

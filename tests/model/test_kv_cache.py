@@ -1,6 +1,6 @@
 """The cached decoder equals the plain no-cache decoder at every step, whatever happens to the batch.
 
-A spy around ``MarianTransformer.decode_step`` reconstructs, from the batch's search states, the
+A spy around ``Transformer.decode_step`` reconstructs, from the batch's search states, the
 full prefix of every cache row at every step, and compares the cached logits with ``decode_full`` on
 that prefix (the annotated-transformer test oracle). The scenario has texts joining mid-way, a beam
 group cancelled mid-way, beam reordering, and both cache axes growing past their initial 64 positions
@@ -21,7 +21,7 @@ from mtserve.model.checkpoint import load_model
 from mtserve.model.kv_cache import KVCache
 from mtserve.model.options import SearchOptions
 from mtserve.model.search import Hypothesis
-from mtserve.model.transformer import MarianTransformer
+from mtserve.model.transformer import Transformer
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -29,14 +29,14 @@ INITIAL = 64  # KVCache's initial length on both axes
 
 
 @pytest.fixture(scope="module")
-def model(make_marian: Any, tmp_path_factory: pytest.TempPathFactory) -> MarianTransformer:
+def model(make_marian: Any, tmp_path_factory: pytest.TempPathFactory) -> Transformer:
     path = tmp_path_factory.mktemp("kv")
     make_marian(path, eos_boost=None, decoder_layers=3, decoder_attention_heads=2)
     # float64, so that the 1e-5 tolerance is far above rounding and far below any real error.
     return load_model(path, device="cpu", dtype=torch.float64)[1]
 
 
-def _sources(model: MarianTransformer, lengths: list[int], seed: int) -> list[list[int]]:
+def _sources(model: Transformer, lengths: list[int], seed: int) -> list[list[int]]:
     config = model.config
     generator = torch.Generator().manual_seed(seed)
     return [
@@ -48,7 +48,7 @@ def _sources(model: MarianTransformer, lengths: list[int], seed: int) -> list[li
 class Oracle:
     """Wraps ``model.decode_step``: checks each step's logits against ``decode_full`` on the rows' prefixes."""
 
-    def __init__(self, model: MarianTransformer, core: EngineCore, sources: dict[Hashable, list[int]]) -> None:
+    def __init__(self, model: Transformer, core: EngineCore, sources: dict[Hashable, list[int]]) -> None:
         self.model = model
         self.core = core
         self.sources = sources
@@ -102,7 +102,7 @@ class Oracle:
         return logits
 
 
-def _solo(model: MarianTransformer, source: list[int], options: SearchOptions) -> list[Hypothesis]:
+def _solo(model: Transformer, source: list[int], options: SearchOptions) -> list[Hypothesis]:
     return run_jobs(model, [(source, options, 0)])[0]
 
 
@@ -112,7 +112,7 @@ def _step(core: EngineCore, results: dict[Hashable, list[Hypothesis]]) -> None:
             results[event.text.text_id] = event.hypotheses
 
 
-def test_cached_steps_equal_full_decoder(model: MarianTransformer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cached_steps_equal_full_decoder(model: Transformer, monkeypatch: pytest.MonkeyPatch) -> None:
     long = SearchOptions(max_length=80, min_length=70)  # past the initial 64 target positions
     beam = SearchOptions(beam_size=3, max_length=80, min_length=70)
     short_beam = SearchOptions(beam_size=4, max_length=12)
@@ -171,7 +171,7 @@ def test_cached_steps_equal_full_decoder(model: MarianTransformer, monkeypatch: 
 
 
 def test_a_leaving_text_is_replaced_by_the_last_one_so_the_others_keep_their_rows(
-    model: MarianTransformer, monkeypatch: pytest.MonkeyPatch
+    model: Transformer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Cancelling the first of four beam-2 texts moves the last text into its rows, not all three down."""
     core = engine_core(model, 8)
@@ -267,7 +267,7 @@ def test_growth_keeps_contents_and_respects_the_limit() -> None:
         cache.reserve(target_length=21)
 
 
-def test_oracle_catches_a_broken_cache(model: MarianTransformer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_oracle_catches_a_broken_cache(model: Transformer, monkeypatch: pytest.MonkeyPatch) -> None:
     """The comparison above can fail: a cache that drops the oldest self-attention entry is caught."""
     core = engine_core(model, 4)
     source = _sources(model, [6], 1)[0]

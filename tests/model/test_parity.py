@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from mtserve.model.checkpoint import load_model
-from mtserve.model.config import MarianConfig
+from mtserve.model.config import ModelConfig
 from mtserve.model.options import SearchOptions
 from mtserve.model.search import Hypothesis
-from mtserve.model.transformer import MarianTransformer
+from mtserve.model.transformer import Transformer
 
 NUM_TEXTS = 24
 MAX_LENGTH = 24  # ours; Transformers' max_length is one more (it counts the decoder start token)
@@ -96,8 +96,8 @@ class Case:
     """One saved model, loaded both ways, with its test texts and memoised reference outputs."""
 
     hf: Any
-    config: MarianConfig
-    model: MarianTransformer
+    config: ModelConfig
+    model: Transformer
     sources: list[list[int]]
     helpers: Any
     _memo: dict[Any, Any] = field(default_factory=dict)

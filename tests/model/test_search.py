@@ -15,7 +15,7 @@ from mtserve.engine.translator import Translator
 from mtserve.model.checkpoint import load_model
 from mtserve.model.options import SearchOptions
 from mtserve.model.search import Hypothesis
-from mtserve.model.transformer import MarianTransformer
+from mtserve.model.transformer import Transformer
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -83,7 +83,7 @@ VARIED_LENGTHS: dict[str, Any] = dict(
 @pytest.fixture(scope="module")
 def setup(
     make_marian: Any, helpers: Any, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[MarianTransformer, list[list[int]]]:
+) -> tuple[Transformer, list[list[int]]]:
     path = tmp_path_factory.mktemp("search")
     make_marian(path, **VARIED_LENGTHS)
     _, model = load_model(path, device="cpu")
@@ -93,7 +93,7 @@ def setup(
 
 
 def _run(
-    model: MarianTransformer, jobs: list[tuple[list[int], SearchOptions]], join_every: int = 0
+    model: Transformer, jobs: list[tuple[list[int], SearchOptions]], join_every: int = 0
 ) -> list[list[Hypothesis]]:
     return run_jobs(model, [(source, options, i * join_every) for i, (source, options) in enumerate(jobs)])
 
@@ -105,7 +105,7 @@ def _tokens(results: list[list[Hypothesis]]) -> list[list[list[int]]]:
 SAMPLED = SearchOptions(num_hypotheses=2, sampling_temperature=1.5, seed=123, max_length=20)
 
 
-def test_sampling_with_a_seed_is_reproducible(setup: tuple[MarianTransformer, list[list[int]]]) -> None:
+def test_sampling_with_a_seed_is_reproducible(setup: tuple[Transformer, list[list[int]]]) -> None:
     model, sources = setup
     first = _run(model, [(s, SAMPLED) for s in sources])
     again = _run(model, [(s, SAMPLED) for s in sources])
@@ -116,7 +116,7 @@ def test_sampling_with_a_seed_is_reproducible(setup: tuple[MarianTransformer, li
     assert [hyps[0].token_ids for hyps in greedy] != [hyps[0].token_ids for hyps in first], "sampling must sample"
 
 
-def test_sampling_does_not_depend_on_the_batch(setup: tuple[MarianTransformer, list[list[int]]]) -> None:
+def test_sampling_does_not_depend_on_the_batch(setup: tuple[Transformer, list[list[int]]]) -> None:
     """A sampled text gets the same tokens alone and among greedy, beam and other sampled texts."""
     model, sources = setup
     others = [SearchOptions(max_length=20), SearchOptions(beam_size=3, max_length=20), SAMPLED]
@@ -138,7 +138,7 @@ def test_sampling_does_not_depend_on_the_batch(setup: tuple[MarianTransformer, l
     ids=["topk1", "topk1-hot", "topp-tiny"],
 )
 def test_degenerate_sampling_is_greedy(
-    setup: tuple[MarianTransformer, list[list[int]]], options: SearchOptions
+    setup: tuple[Transformer, list[list[int]]], options: SearchOptions
 ) -> None:
     model, sources = setup
     greedy = _run(model, [(s, SearchOptions(max_length=20)) for s in sources])
@@ -155,7 +155,7 @@ def test_degenerate_sampling_is_greedy(
     ],
     ids=["beam", "sampling"],
 )
-def test_nbest_sorted_by_score(setup: tuple[MarianTransformer, list[list[int]]], options: SearchOptions) -> None:
+def test_nbest_sorted_by_score(setup: tuple[Transformer, list[list[int]]], options: SearchOptions) -> None:
     model, sources = setup
     for hyps in _run(model, [(s, options) for s in sources]):
         assert len(hyps) == options.num_hypotheses
@@ -166,14 +166,14 @@ def test_nbest_sorted_by_score(setup: tuple[MarianTransformer, list[list[int]]],
 
 
 @pytest.fixture(scope="module")
-def eager_to_stop(make_marian: Any, tmp_path_factory: pytest.TempPathFactory) -> MarianTransformer:
+def eager_to_stop(make_marian: Any, tmp_path_factory: pytest.TempPathFactory) -> Transformer:
     """A model that says </s> at once."""
     path = tmp_path_factory.mktemp("eager")
     make_marian(path, eos_boost=20.0)
     return load_model(path, device="cpu")[1]
 
 
-def _never_says_eos(path: Path, make_marian: Any, forced_eos: bool) -> MarianTransformer:
+def _never_says_eos(path: Path, make_marian: Any, forced_eos: bool) -> Transformer:
     make_marian(path, eos_boost=None, forced_eos_token_id=0 if forced_eos else None)
     _, model = load_model(path, device="cpu")
     model.final_logits_bias[0, model.config.eos_token_id] = -1e4
@@ -181,13 +181,13 @@ def _never_says_eos(path: Path, make_marian: Any, forced_eos: bool) -> MarianTra
 
 
 @pytest.fixture(scope="module")
-def never_stops(make_marian: Any, tmp_path_factory: pytest.TempPathFactory) -> MarianTransformer:
+def never_stops(make_marian: Any, tmp_path_factory: pytest.TempPathFactory) -> Transformer:
     """A model that never says </s> by itself and has no forced </s> at max_length."""
     return _never_says_eos(tmp_path_factory.mktemp("never"), make_marian, forced_eos=False)
 
 
 @pytest.fixture(scope="module")
-def forced_stop(make_marian: Any, tmp_path_factory: pytest.TempPathFactory) -> MarianTransformer:
+def forced_stop(make_marian: Any, tmp_path_factory: pytest.TempPathFactory) -> Transformer:
     """A model that never says </s> by itself, but is forced to at max_length (every OPUS-MT model is)."""
     return _never_says_eos(tmp_path_factory.mktemp("forced"), make_marian, forced_eos=True)
 
@@ -201,7 +201,7 @@ SEARCHES = {
 
 @pytest.mark.parametrize("search", list(SEARCHES))
 def test_min_length_is_respected(
-    eager_to_stop: MarianTransformer, setup: tuple[MarianTransformer, list[list[int]]], search: str
+    eager_to_stop: Transformer, setup: tuple[Transformer, list[list[int]]], search: str
 ) -> None:
     sources = setup[1]
     unconstrained = _run(eager_to_stop, [(s, SearchOptions(max_length=20, **SEARCHES[search])) for s in sources])
@@ -215,7 +215,7 @@ def test_min_length_is_respected(
 
 @pytest.mark.parametrize("search", list(SEARCHES))
 def test_max_length_is_respected(
-    never_stops: MarianTransformer, setup: tuple[MarianTransformer, list[list[int]]], search: str
+    never_stops: Transformer, setup: tuple[Transformer, list[list[int]]], search: str
 ) -> None:
     options = SearchOptions(max_length=7, **SEARCHES[search])
     for hyps in _run(never_stops, [(s, options) for s in setup[1]]):
@@ -227,7 +227,7 @@ def test_max_length_is_respected(
 
 @pytest.mark.parametrize("search", list(SEARCHES))
 def test_forced_eos_ends_at_max_length(
-    forced_stop: MarianTransformer, setup: tuple[MarianTransformer, list[list[int]]], search: str
+    forced_stop: Transformer, setup: tuple[Transformer, list[list[int]]], search: str
 ) -> None:
     """With forced_eos_token_id the max_length-th token is </s> (counted in max_length, absent from token_ids)."""
     options = SearchOptions(max_length=7, **SEARCHES[search])
@@ -291,13 +291,13 @@ def test_translator_defaults_yield_to_options(make_marian: Any, tmp_path: Path) 
 
 
 def test_translator_sizes_the_cache_by_need(
-    setup: tuple[MarianTransformer, list[list[int]]], monkeypatch: pytest.MonkeyPatch
+    setup: tuple[Transformer, list[list[int]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model, sources = setup
     sizes: list[int] = []
 
     class SpyCore(translator_module.EngineCore):
-        def __init__(self, model: MarianTransformer, scheduler: Any, **kwargs: Any) -> None:
+        def __init__(self, model: Transformer, scheduler: Any, **kwargs: Any) -> None:
             sizes.append(scheduler.max_rows)
             super().__init__(model, scheduler, **kwargs)
 

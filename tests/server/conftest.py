@@ -1,6 +1,6 @@
 """Fixtures for the server's integration tests: tiny random Marian models and real servers on free ports.
 
-Models are built with mtserve's own ``MarianTransformer`` and ``save_model`` (so no Transformers import, which
+Models are built with mtserve's own ``Transformer`` and ``save_model`` (so no Transformers import, which
 costs seconds) next to a real tokenizer from ``tests/model/_tokenizer_fixtures.py``. Three kinds:
 
 - ``tiny``: peaked random weights and a ``</s>`` logit bias near the top, so texts end at varied lengths;
@@ -35,9 +35,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mtserve.engine.translator import Translation, Translator
 from mtserve.model.checkpoint import save_model
-from mtserve.model.config import MarianConfig
+from mtserve.model.config import ModelConfig
 from mtserve.model.tokenizer import MarianTokenizer
-from mtserve.model.transformer import MarianTransformer
+from mtserve.model.transformer import Transformer
 from mtserve.server.app import MtserveServer
 from mtserve.server.config import ServerConfig
 from mtserve.server.engine_thread import EngineThread
@@ -100,7 +100,7 @@ def build_model_dir(
     """
     _build_tokenizer_dir(path)
     tokenizer = MarianTokenizer.from_dir(path)
-    config = MarianConfig(
+    config = ModelConfig(
         vocab_size=tokenizer.source_vocab_size,
         decoder_vocab_size=tokenizer.target_vocab_size,
         max_position_embeddings=max_positions,
@@ -111,7 +111,7 @@ def build_model_dir(
         **_ARCH,
     )
     generator = torch.Generator().manual_seed(seed)
-    model = MarianTransformer(config)
+    model = Transformer(config)
     with torch.no_grad():
         # Transformers' Marian initialisation with larger stds: biases 0, layer norms the identity.
         for module in model.modules():

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from mtserve.model.checkpoint import load_model
 from mtserve.model.tokenizer import MarianTokenizer
-from mtserve.model.transformer import MarianTransformer
+from mtserve.model.transformer import Transformer
 from mtserve.training import train as tr
 from mtserve.training.vocab import train_vocab
 
@@ -213,7 +213,7 @@ def test_the_final_model_is_a_marian_directory_that_load_model_reloads(trained):
     # The checkpoint holds the same weights as the exported model.
     state = torch.load(cfg.state_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert state["step"] == 40
-    reference = MarianTransformer(config)
+    reference = Transformer(config)
     reference.load_state_dict(state["model"])
     reference.eval()
     src = torch.tensor([vocab.encode("Das Haus ist rot.")])
