@@ -94,7 +94,7 @@ def measure_model(
     spec: ModelSpec, texts: Sequence[str], args: argparse.Namespace, device: Device
 ) -> list[Measurement]:
     """Every decoding × engine on one model, rounds interleaved."""
-    from mtserve.model.tokenizer import MarianTokenizer
+    from mtserve.model.tokenizers import MarianTokenizer
 
     sources = MarianTokenizer.from_dir(spec.path).encode_batch(list(texts))
     ct2_dir = str(ct2_model(spec)) if "ctranslate2" in args.engines else None
@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              "tokens: generated target tokens without </s>; tokens/s of the median round, after a warm-up"]
     specs: list[ModelSpec] = []
     if "base" in args.models:
-        from mtserve.model.tokenizer import MarianTokenizer
+        from mtserve.model.tokenizers import MarianTokenizer
 
         vocab_dir, _ = resolve_vocab()
         calibration = MarianTokenizer.from_dir(vocab_dir).encode_batch(texts[:32])

@@ -150,7 +150,7 @@ def resolve_model(path: Path | None, threads: int) -> tuple[Path, str]:
         return path, str(path)
     spec = default_model()
     if spec is None:
-        from mtserve.model.tokenizer import MarianTokenizer
+        from mtserve.model.tokenizers import MarianTokenizer
 
         from .common import set_torch_threads
 

@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("measured bandwidth: %.1f GB/s", rate / 1e9)
     specs = []
     if "base" in args.models:  # the offline benchmark's random base model (built and calibrated once, cached)
-        from mtserve.model.tokenizer import MarianTokenizer
+        from mtserve.model.tokenizers import MarianTokenizer
 
         vocab_dir, _ = resolve_vocab()
         texts, _ = load_sentences(32)

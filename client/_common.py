@@ -15,7 +15,7 @@ import grpc
 
 from mtserve.proto.api import pb2
 
-from .types import ModelArchitecture, ModelInfo, PartialResult, TranslationResult
+from .types import Language, ModelArchitecture, ModelInfo, PartialResult, TranslationResult
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRIES = 3
@@ -133,21 +133,26 @@ def build_request(
     texts: str | Sequence[str],
     model: str | None,
     options: DecodingOptions,
-    source_language: str | None = None,
-    target_language: str | None = None,
+    source_language: str | Sequence[str] | None = None,
+    target_language: str | Sequence[str] | None = None,
     partial_results: bool = False,
 ) -> pb2.TranslateRequest:
+    """A TranslateRequest; a language given as a list is one per text (source_languages/target_languages)."""
     if isinstance(texts, str):
         texts = [texts]
     fields = {k: v for k, v in dataclasses.asdict(options).items() if v is not None}
-    return pb2.TranslateRequest(
+    request = pb2.TranslateRequest(
         texts=list(texts),
         model=model or "",
-        source_language=source_language or "",
-        target_language=target_language or "",
         options=pb2.DecodingOptions(**fields),
         partial_results=partial_results,
     )
+    for name, value in (("source_language", source_language), ("target_language", target_language)):
+        if isinstance(value, str) or value is None:
+            setattr(request, name, value or "")
+        else:
+            getattr(request, f"{name}s").extend(value)
+    return request
 
 
 def result_from_pb(result: pb2.TranslationResult, model: str) -> TranslationResult:
@@ -166,6 +171,8 @@ def result_from_pb(result: pb2.TranslationResult, model: str) -> TranslationResu
         output_tokens=result.output_tokens,
         model=model,
         max_length_reached=result.max_length_reached,
+        source_language=result.source_language,
+        target_language=result.target_language,
     )
 
 
@@ -192,6 +199,7 @@ def model_from_pb(info: pb2.ModelInfo) -> ModelInfo:
         device=info.device,
         dtype=info.dtype,
         is_default=info.is_default,
+        languages=[Language(code=language.code, tag=language.tag) for language in info.languages],
     )
 
 

@@ -53,8 +53,10 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     """The request options; unset ones take the server's defaults."""
     g = parser.add_argument_group("decoding (unset: the server's defaults)")
     g.add_argument("--model", help="model name (default: the server's default model)")
-    g.add_argument("--source-language", help="checked against the model's source language")
-    g.add_argument("--target-language", help="checked against the model's target language")
+    g.add_argument("--source-language", metavar="LANG",
+                   help="language of the texts (en, eng_Latn, ...): needed by multilingual models, checked otherwise")
+    g.add_argument("--target-language", metavar="LANG",
+                   help="language to translate into (de, deu_Latn, zh-TW, ...): as --source-language")
     g.add_argument("--beam-size", type=int, metavar="N")
     g.add_argument("--max-length", type=int, metavar="N", help="most tokens to generate per text")
     g.add_argument("--length-penalty", type=float, metavar="X")
@@ -193,6 +195,13 @@ class _Refused(Exception):
         self.line, self.reason = line, reason
 
 
+def _languages(model: Any) -> str:
+    """A declared pair as en-de; a multilingual model by its number of languages."""
+    if model.languages and not (model.source_language and model.target_language):
+        return f"{len(model.languages)} languages"
+    return f"{model.source_language or '?'}-{model.target_language or '?'}"
+
+
 def _where(args: argparse.Namespace, number: int) -> str:
     return f"{args.input}:{number}" if args.input else f"line {number}"
 
@@ -306,13 +315,13 @@ def models_main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps([dataclasses.asdict(m) for m in models], indent=2))
         return 0
-    header = ("NAME", "PAIR", "LAYERS", "D_MODEL", "HEADS", "VOCAB", "PARAMS", "MAX_LEN", "DEVICE", "DTYPE", "")
+    header = ("NAME", "LANGUAGES", "LAYERS", "D_MODEL", "HEADS", "VOCAB", "PARAMS", "MAX_LEN", "DEVICE", "DTYPE", "")
     rows = [header]
     for m in models:
         a = m.architecture
         rows.append((
             m.name,
-            f"{m.source_language or '?'}-{m.target_language or '?'}",
+            _languages(m),
             f"{a.encoder_layers}+{a.decoder_layers}",
             str(a.d_model),
             str(a.encoder_attention_heads),

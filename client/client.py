@@ -101,8 +101,8 @@ class TranslationClient:
         sampling_topp: float | None = None,
         seed: int | None = None,
         early_stopping: bool | None = None,
-        source_language: str | None = None,
-        target_language: str | None = None,
+        source_language: str | Sequence[str] | None = None,
+        target_language: str | Sequence[str] | None = None,
         timeout: float | None = _UNSET,
     ) -> list[TranslationResult]:
         """Translate ``texts``; one result per text, in order. None options take the server's defaults."""
@@ -128,8 +128,8 @@ class TranslationClient:
         sampling_topp: float | None = None,
         seed: int | None = None,
         early_stopping: bool | None = None,
-        source_language: str | None = None,
-        target_language: str | None = None,
+        source_language: str | Sequence[str] | None = None,
+        target_language: str | Sequence[str] | None = None,
         timeout: float | None = _UNSET,
     ) -> Iterator[TranslationResult | PartialResult]:
         """Yield each text's result as soon as it is done (any order; see ``.index``).

@@ -58,6 +58,9 @@ class TranslationResult:
     model: str
     #: The best translation reached the request's max_length and may be cut short.
     max_length_reached: bool = False
+    #: The languages used, as the model's codes ("deu_Latn"); "" where the model declares none.
+    source_language: str = ""
+    target_language: str = ""
 
     @property
     def score(self) -> float | None:
@@ -90,6 +93,14 @@ class ModelArchitecture:
 
 
 @dataclass(frozen=True)
+class Language:
+    """One of a model's languages: its own code ("deu_Latn") and the BCP-47 tag it stands for ("de")."""
+
+    code: str
+    tag: str
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     source_language: str
@@ -100,6 +111,8 @@ class ModelInfo:
     device: str
     dtype: str
     is_default: bool = field(default=False)
+    #: What a request may name as source/target language (multilingual models); empty for a single pair.
+    languages: list[Language] = field(default_factory=list)
 
 
-__all__ = ["ModelArchitecture", "ModelInfo", "PartialResult", "TranslationError", "TranslationResult"]
+__all__ = ["Language", "ModelArchitecture", "ModelInfo", "PartialResult", "TranslationError", "TranslationResult"]

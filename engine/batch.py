@@ -74,7 +74,7 @@ class Batch:
         self.max_source_length = config.max_position_embeddings
         self.max_target_length = config.max_position_embeddings
         self.processors: list[LogitsProcessor] = [
-            NeverGenerate([config.pad_token_id]),
+            NeverGenerate([config.pad_token_id] if config.family.bans_pad else []),
             MinLength(config.eos_token_id),
             ForcedTokens(config.eos_token_id, config.forced_eos_token_id is not None),
         ]

@@ -1,8 +1,11 @@
-"""The offline API: load a Marian directory and translate a list of texts.
+"""The offline API: load a model directory and translate a list of texts.
 
     from mtserve.engine import Translator
     translator = Translator.load("path/to/opus-mt-de-en", device="auto", dtype="auto")
     translator.translate(["Guten Morgen!"], beam_size=4)[0].text
+
+    nllb = Translator.load("path/to/nllb-200-distilled-600M")
+    nllb.translate(["Good morning!", "Thank you."], source_language="en", target_language=["de", "fr"])
 
 It drives the same :class:`EngineCore` step as the server's engine thread (the scheduler's
 ``longest_first`` order is its only difference), so a text translates the same offline and served.
@@ -28,7 +31,7 @@ from mtserve.model.cpu_linear import fold_logits_bias, pack_linears
 from mtserve.model.options import SearchOptions, generation_defaults, merge_defaults
 from mtserve.model.quantize import QUANTIZE_MODES, quantize_int8
 from mtserve.model.search import Hypothesis
-from mtserve.model.tokenizer import MarianTokenizer
+from mtserve.model.tokenizers import Tokenizer, choose_languages, load_tokenizer
 from mtserve.model.transformer import Transformer
 
 from .batch import NewText
@@ -61,6 +64,9 @@ class Translation:
     input_tokens: int = 0
     #: The translation is max_length tokens long: decoding stopped at the limit (see search.Hypothesis).
     max_length_reached: bool = False
+    #: The model's codes of the languages used ('' where the model needs none and none was given).
+    source_language: str = ""
+    target_language: str = ""
 
 
 class Translator:
@@ -69,7 +75,7 @@ class Translator:
     def __init__(
         self,
         model: Transformer,
-        tokenizer: MarianTokenizer,
+        tokenizer: Tokenizer,
         *,
         max_batch_rows: int = 256,
         load_seconds: float = 0.0,
@@ -101,15 +107,15 @@ class Translator:
         quantize: str = "none",
         **kwargs: Any,
     ) -> Translator:
-        """Load a Marian directory. `pack`: on a float32 CPU model, pre-pack the linear layers for
-        oneDNN (see cpu_linear.py; same results up to float rounding, about twice as fast).
+        """Load a model directory (Marian, M2M100/NLLB or MBart). `pack`: on a float32 CPU model, pre-pack
+        the linear layers for oneDNN (see cpu_linear.py; same results up to float rounding, about twice as fast).
         `quantize="int8"`: int8 linear layers instead (see quantize.py; faster still, less accurate)."""
         if quantize not in QUANTIZE_MODES:
             raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
         started = time.perf_counter()
         path = Path(path)
-        check_model_dir(path)  # the directory and its config.json first: errors name the directory
-        tokenizer = MarianTokenizer.from_dir(path)
+        config = check_model_dir(path)  # the directory and its config.json first: errors name the directory
+        tokenizer = load_tokenizer(path, config)
         _, model = load_model(path, device=device, dtype=dtype)
         if model.device.type == "cpu" and model.dtype == torch.float16 and not cpu_has_fast_float16():
             log.warning("dtype float16 on this CPU (no AVX512-FP16 or AMX): slower than float32 (1.85x measured "
@@ -137,8 +143,14 @@ class Translator:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
-    def generate(self, sources: Sequence[Sequence[int]], options: SearchOptions) -> list[list[Hypothesis]]:
-        """Decode token-id sources (each ending in </s>); returns each source's hypotheses, best first."""
+    def generate(
+        self,
+        sources: Sequence[Sequence[int]],
+        options: SearchOptions,
+        prefixes: Sequence[tuple[int, ...]] | None = None,
+    ) -> list[list[Hypothesis]]:
+        """Decode token-id sources (each ending in </s>); returns each source's hypotheses, best first.
+        `prefixes`: per source, the tokens its output is forced to start with (a target-language token)."""
         # Rows for what is asked, not max_batch_rows; a core (and its KV cache) of that size is kept for
         # the next call, since allocating a cache costs more than zeroing it (page faults on fresh memory).
         rows = max(options.rows, min(self.max_batch_rows, len(sources) * options.rows))
@@ -146,7 +158,8 @@ class Translator:
         for source in sources:
             core.check(source, options)
         texts = [
-            Text(index, options.rows, len(source), options.max_length, work=NewText(list(source), options))
+            Text(index, options.rows, len(source), options.max_length,
+                 work=NewText(list(source), options, prefixes[index] if prefixes else ()))
             for index, source in enumerate(sources)
         ]
         events = core.run_to_end(Request(next(_request_ids), texts, arrival_time=core.clock()))
@@ -163,15 +176,32 @@ class Translator:
             core = EngineCore(self.model, scheduler, name=str(self.path or "offline"))
         return core
 
-    def translate(self, texts: Sequence[str], **options: Any) -> list[Translation]:
+    def translate(
+        self,
+        texts: Sequence[str],
+        *,
+        source_language: str | Sequence[str] | None = None,
+        target_language: str | Sequence[str] | None = None,
+        **options: Any,
+    ) -> list[Translation]:
         """Translate each text. Options are those of :class:`SearchOptions`; the n-best list is
         filled when num_hypotheses > 1. An empty or whitespace-only text gives an empty translation
-        without running the model."""
+        without running the model.
+
+        Languages, as the model's own codes or BCP-47 tags, one for all texts or one per text: needed by
+        multilingual models (NLLB, M2M100, MBart-50), checked against a single-pair model's own; a
+        language the model does not know raises languages.LanguageError (a ValueError).
+        """
         search = SearchOptions(**merge_defaults(self.defaults, options))
+        sources_asked = _per_text("source_language", source_language, len(texts))
+        targets_asked = _per_text("target_language", target_language, len(texts))
+        tokenizer = self.tokenizer
+        pairs = [choose_languages(tokenizer, s, t) for s, t in zip(sources_asked, targets_asked, strict=True)]
         indices = [i for i, text in enumerate(texts) if text.strip()]
-        sources = [self.tokenizer.encode(texts[i]) for i in indices]
-        outputs = self.generate(sources, search)
-        results = [Translation("", [], 0.0) for _ in texts]
+        sources = [tokenizer.encode(texts[i], *pairs[i]) for i in indices]
+        prefixes = [tokenizer.target_prefix(pairs[i][1]) for i in indices]
+        outputs = self.generate(sources, search, prefixes)
+        results = [Translation("", [], 0.0, source_language=s or "", target_language=t or "") for s, t in pairs]
         for index, source, hypotheses in zip(indices, sources, outputs, strict=True):
             nbest = [
                 TranslationHypothesis(self.tokenizer.decode(h.token_ids), h.token_ids, h.score, h.max_length_reached)
@@ -180,10 +210,18 @@ class Translator:
             best = nbest[0]
             results[index] = Translation(
                 best.text, best.token_ids, best.score, nbest if search.num_hypotheses > 1 else [], len(source),
-                best.max_length_reached,
+                best.max_length_reached, *(code or "" for code in pairs[index]),
             )
         return results
 
     def default_max_length(self) -> int:
         """Marian's own generation default is 512; cap it at what the position table allows."""
         return min(512, self.config.max_position_embeddings)
+
+
+def _per_text(name: str, value: str | Sequence[str] | None, count: int) -> list[str | None]:
+    if value is None or isinstance(value, str):
+        return [value] * count
+    if len(value) != count:
+        raise ValueError(f"{name}: {len(value)} languages for {count} texts (give one, or one per text)")
+    return list(value)

@@ -1,4 +1,4 @@
-"""Loading and saving Marian-layout weights (model.safetensors or pytorch_model.bin) onto a device and dtype."""
+"""Loading and saving Transformers-layout weights (model.safetensors or pytorch_model.bin) onto a device and dtype."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ConfigError, ModelConfig
-from .layers import sinusoidal_positions
-from .transformer import Transformer
+from .transformer import Transformer, position_table
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +133,7 @@ def _find(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor | None:
 def load_model(
     path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
 ) -> tuple[ModelConfig, Transformer]:
-    """Read config.json and the weights of a Marian directory into a model in eval mode on `device`."""
+    """Read config.json and the weights of a model directory into a model in eval mode on `device`."""
     path = Path(path)
     config = check_model_dir(path)
     target_device = resolve_device(device)
@@ -173,9 +172,7 @@ def load_model(
         model.lm_head.weight = model.decoder.embed_tokens.weight
     model.load_state_dict(state, strict=True)
     # to_empty left the non-persistent position table uninitialised.
-    model.positions = sinusoidal_positions(config.max_position_embeddings, config.d_model).to(
-        target_device, target_dtype
-    )
+    model.positions = position_table(config).to(target_device, target_dtype)
     return config, model.eval()
 
 

@@ -1,8 +1,9 @@
-"""The transformer's building blocks in Marian's layout: post-norm encoder and decoder layers, positions."""
+"""The transformer's building blocks: encoder and decoder layers (post-norm or pre-norm), position tables."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +40,24 @@ def sinusoidal_positions(num_positions: int, dim: int) -> torch.Tensor:
     return table.float()  # (P, dim)
 
 
-class _PostNormLayer(nn.Module):
-    """What encoder and decoder layers share: self-attention, the feed-forward block (fc1 → act → fc2)
-    and post-norm residuals.
+def fairseq_positions(num_positions: int, dim: int, padding_idx: int) -> torch.Tensor:
+    """fairseq's static positions (M2M100, NLLB): frequencies exp(-k ln(10000) / (dim/2 - 1)), sines then
+    cosines, a zero row at `padding_idx`; position p is row p + padding_idx + 1."""
+    half = dim // 2
+    frequencies = torch.exp(torch.arange(half, dtype=torch.float64) * -(math.log(10000.0) / (half - 1)))
+    angles = torch.arange(num_positions, dtype=torch.float64)[:, None] * frequencies[None, :]  # (P, half)
+    table = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if dim % 2:
+        table = torch.cat([table, torch.zeros(num_positions, 1, dtype=torch.float64)], dim=1)
+    table[padding_idx] = 0
+    return table.float()  # (P, dim)
 
-    The modules sit directly on the layer so that parameter names equal Transformers' Marian state dict.
+
+class _Layer(nn.Module):
+    """What encoder and decoder layers share: self-attention, the feed-forward block (fc1 → act → fc2),
+    and the residual rule: post-norm LN(x + f(x)) (Marian) or pre-norm x + f(LN(x)) (M2M100, MBart).
+
+    The modules sit directly on the layer so that parameter names equal Transformers' state dicts.
     """
 
     def __init__(
@@ -55,6 +69,7 @@ class _PostNormLayer(nn.Module):
         dropout: float,
         attn_dropout: float,
         act_dropout: float,
+        pre_norm: bool = False,
     ) -> None:
         super().__init__()
         self.fc1 = nn.Linear(d_model, ffn_dim)
@@ -63,57 +78,64 @@ class _PostNormLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(d_model)
         self.dropout = dropout
         self.activation_dropout = act_dropout
+        self.pre_norm = pre_norm
         self.self_attn = MultiHeadAttention(d_model, heads, attn_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(d_model)
 
+    def _input(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        """What a sublayer reads: the normalised input (pre-norm) or the input itself (post-norm)."""
+        return norm(x) if self.pre_norm else x
+
     def _residual(self, x: torch.Tensor, update: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-        return norm(x + F.dropout(update, self.dropout, self.training))
+        update = F.dropout(update, self.dropout, self.training)
+        return x + update if self.pre_norm else norm(x + update)
 
     def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = F.dropout(self.act(self.fc1(x)), self.activation_dropout, self.training)
+        h = self._input(x, self.final_layer_norm)
+        hidden = F.dropout(self.act(self.fc1(h)), self.activation_dropout, self.training)
         return self._residual(x, self.fc2(hidden), self.final_layer_norm)
 
+    def _self_attention(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool = False) -> torch.Tensor:
+        h = self._input(x, self.self_attn_layer_norm)
+        return self._residual(x, self.self_attn(h, h, mask, is_causal=is_causal), self.self_attn_layer_norm)
 
-class EncoderLayer(_PostNormLayer):
-    """Self-attention + FFN, each followed by residual and LayerNorm (post-norm)."""
+    @staticmethod
+    def _arguments(config: ModelConfig, side: str) -> tuple[Any, ...]:
+        return (config.d_model, getattr(config, f"{side}_attention_heads"), getattr(config, f"{side}_ffn_dim"),
+                config.activation_function, config.dropout, config.attention_dropout, config.activation_dropout,
+                config.family.pre_norm)
+
+
+class EncoderLayer(_Layer):
+    """Self-attention + FFN, each with its residual and LayerNorm."""
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> EncoderLayer:
-        return cls(config.d_model, config.encoder_attention_heads, config.encoder_ffn_dim,
-                   config.activation_function, config.dropout, config.attention_dropout, config.activation_dropout)
+        return cls(*cls._arguments(config, "encoder"))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (B, S, d); mask (B, 1, 1, S), True at real (non-pad) source positions."""
-        x = self._residual(x, self.self_attn(x, x, mask), self.self_attn_layer_norm)
-        return self._feed_forward(x)
+        return self._feed_forward(self._self_attention(x, mask))
 
 
-class DecoderLayer(_PostNormLayer):
-    """Masked self-attention, cross-attention over the encoder output, FFN; each post-norm."""
+class DecoderLayer(_Layer):
+    """Masked self-attention, cross-attention over the encoder output, FFN; each with its residual and LayerNorm."""
 
-    def __init__(
-        self,
-        d_model: int,
-        heads: int,
-        ffn_dim: int,
-        act: str,
-        dropout: float,
-        attn_dropout: float,
-        act_dropout: float,
-    ) -> None:
-        super().__init__(d_model, heads, ffn_dim, act, dropout, attn_dropout, act_dropout)
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        d_model, heads, attn_dropout = args[0], args[1], args[5]
         self.encoder_attn = MultiHeadAttention(d_model, heads, attn_dropout)
         self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> DecoderLayer:
-        return cls(config.d_model, config.decoder_attention_heads, config.decoder_ffn_dim,
-                   config.activation_function, config.dropout, config.attention_dropout, config.activation_dropout)
+        return cls(*cls._arguments(config, "decoder"))
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
         """The whole target at once, no cache: (B, T, d) over memory (B, S, d)."""
-        x = self._residual(x, self.self_attn(x, x, is_causal=True), self.self_attn_layer_norm)
-        x = self._residual(x, self.encoder_attn(x, memory, memory_mask), self.encoder_attn_layer_norm)
+        x = self._self_attention(x, None, is_causal=True)
+        h = self._input(x, self.encoder_attn_layer_norm)
+        x = self._residual(x, self.encoder_attn(h, memory, memory_mask), self.encoder_attn_layer_norm)
         return self._feed_forward(x)
 
     def step(
@@ -131,16 +153,18 @@ class DecoderLayer(_PostNormLayer):
         """One new token per row: x (N, 1, d) for cache rows ``first_row ..``; keys/values come from and go
         to `cache`. With `group_size` k > 1, every k consecutive rows are one text's beams and share its
         cross-attention K/V."""
-        key, value = self.self_attn.project_kv(x)  # (N, H, 1, D)
+        h = self._input(x, self.self_attn_layer_norm)
+        key, value = self.self_attn.project_kv(h)  # (N, H, 1, D)
         key, value = cache.append(layer, positions, key, value, target_length, first_row)
-        x = self._residual(x, self.self_attn.attend(x, key, value, self_mask), self.self_attn_layer_norm)
+        x = self._residual(x, self.self_attn.attend(h, key, value, self_mask), self.self_attn_layer_norm)
+        h = self._input(x, self.encoder_attn_layer_norm)
         cross_key, cross_value = cache.cross(layer, x.shape[0], cross_mask.shape[-1], group_size, first_row)
         if group_size > 1:  # (N, 1, d) as (N/k, k, d): the k beams are k queries against one text
-            rows, _, width = x.shape
-            grouped = x.view(rows // group_size, group_size, width)
+            rows, _, width = h.shape
+            grouped = h.view(rows // group_size, group_size, width)
             attended = self.encoder_attn.attend(grouped, cross_key, cross_value, cross_mask).view(rows, 1, width)
         else:
-            attended = self.encoder_attn.attend(x, cross_key, cross_value, cross_mask)
+            attended = self.encoder_attn.attend(h, cross_key, cross_value, cross_mask)
         x = self._residual(x, attended, self.encoder_attn_layer_norm)
         return self._feed_forward(x)
 

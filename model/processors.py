@@ -52,7 +52,8 @@ class NeverGenerate:
         self.token_ids = list(token_ids)
 
     def __call__(self, logprobs: torch.Tensor, texts: Sequence[TextRows]) -> None:
-        logprobs[:, self.token_ids] = -math.inf
+        if self.token_ids:
+            logprobs[:, self.token_ids] = -math.inf
 
 
 class MinLength:

@@ -1,7 +1,9 @@
-"""The Marian encoder-decoder transformer: a full no-cache pass (training, test oracle) and cached decoding.
+"""The encoder-decoder transformer of all served families: a full no-cache pass (training, test oracle) and
+cached decoding. What differs between Marian, M2M100/NLLB and MBart is data (config.Family): the residual
+rule, final layer norms, an embedding layer norm, the position table and its offset.
 
-Parameter names equal the keys of Transformers' ``MarianMTModel`` state dict without the leading
-``model.``, so checkpoints load without a mapping table.
+Parameter names equal the keys of Transformers' state dicts without the leading ``model.``, so checkpoints
+load without a mapping table.
 """
 
 from __future__ import annotations
@@ -12,25 +14,51 @@ from torch import nn
 
 from .config import ModelConfig
 from .kv_cache import KVCache
-from .layers import DecoderLayer, EncoderLayer, embedding_scale, sinusoidal_positions
+from .layers import DecoderLayer, EncoderLayer, embedding_scale, fairseq_positions, sinusoidal_positions
 
 
-class Encoder(nn.Module):
+class _Stack(nn.Module):
+    """What the encoder and the decoder share: token embeddings, the family's extras around the layers."""
+
     def __init__(self, config: ModelConfig, embed_tokens: nn.Embedding) -> None:
         super().__init__()
+        family, d_model = config.family, config.d_model
         self.embed_tokens = embed_tokens
+        if family.positions == "learned":  # MBart: its own table per stack, in the checkpoint
+            self.embed_positions = nn.Embedding(config.max_position_embeddings + family.position_offset, d_model)
+        if family.layernorm_embedding:
+            self.layernorm_embedding = nn.LayerNorm(d_model)
+        if family.final_layer_norm:
+            self.layer_norm = nn.LayerNorm(d_model)
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """After the last layer: the final layer norm of pre-norm families."""
+        return self.layer_norm(x) if hasattr(self, "layer_norm") else x
+
+
+class Encoder(_Stack):
+    def __init__(self, config: ModelConfig, embed_tokens: nn.Embedding) -> None:
+        super().__init__(config, embed_tokens)
         self.layers = nn.ModuleList(EncoderLayer.from_config(config) for _ in range(config.encoder_layers))
 
 
-class Decoder(nn.Module):
+class Decoder(_Stack):
     def __init__(self, config: ModelConfig, embed_tokens: nn.Embedding) -> None:
-        super().__init__()
-        self.embed_tokens = embed_tokens
+        super().__init__(config, embed_tokens)
         self.layers = nn.ModuleList(DecoderLayer.from_config(config) for _ in range(config.decoder_layers))
 
 
+def position_table(config: ModelConfig) -> torch.Tensor:
+    """The static position table of a family that has one (Marian's, or fairseq's with its offset)."""
+    family = config.family
+    if family.positions == "fairseq":
+        return fairseq_positions(config.max_position_embeddings + family.position_offset, config.d_model,
+                                 padding_idx=config.pad_token_id)
+    return sinusoidal_positions(config.max_position_embeddings, config.d_model)
+
+
 class Transformer(nn.Module):
-    """Token embeddings + sinusoidal positions, post-norm encoder and decoder, output projection + bias."""
+    """Token embeddings + positions, encoder and decoder layers, output projection + bias."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -48,18 +76,22 @@ class Transformer(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = decoder_embed.weight
         self.register_buffer("final_logits_bias", torch.zeros(1, config.target_vocab_size))
-        # Static, so not part of the checkpoint (Transformers does not save them either).
-        self.register_buffer(
-            "positions", sinusoidal_positions(config.max_position_embeddings, d_model), persistent=False
-        )
+        # Static, so not part of the checkpoint (Transformers does not save them either); MBart learns its own.
+        self.register_buffer("positions", position_table(config), persistent=False)
+        self.position_offset = config.family.position_offset
         self.embed_scale = embedding_scale(d_model, config.scale_embedding)
         #: Inference packing can move final_logits_bias into lm_head's own bias (cpu_linear.fold_logits_bias).
         self.logits_bias_in_head = False
 
     # -- pieces shared by both paths --------------------------------------------------------------
 
-    def _embed(self, embed_tokens: nn.Embedding, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = embed_tokens(ids) * self.embed_scale + self.positions[positions].to(embed_tokens.weight.dtype)
+    def _embed(self, stack: _Stack, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Token embeddings * scale + positions (and the embedding layer norm of MBart), then dropout."""
+        weight = stack.embed_tokens.weight
+        table = stack.embed_positions.weight if hasattr(stack, "embed_positions") else self.positions
+        x = stack.embed_tokens(ids) * self.embed_scale + table[positions + self.position_offset].to(weight.dtype)
+        if hasattr(stack, "layernorm_embedding"):
+            x = stack.layernorm_embedding(x)
         return F.dropout(x, self.config.dropout, self.training)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -71,11 +103,11 @@ class Transformer(nn.Module):
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids (B, S), attention_mask (B, S) True at real tokens → encoder output (B, S, d)."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self._embed(self.encoder.embed_tokens, input_ids, positions)
+        x = self._embed(self.encoder, input_ids, positions)
         mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
         for layer in self.encoder.layers:
             x = layer(x, mask)
-        return x
+        return self.encoder.finish(x)
 
     # -- the plain path: training and the test oracle -----------------------------------------------
 
@@ -84,11 +116,11 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """Every target position at once with a causal mask and no cache → logits (B, T, V) float32."""
         positions = torch.arange(decoder_input_ids.shape[1], device=decoder_input_ids.device)
-        x = self._embed(self.decoder.embed_tokens, decoder_input_ids, positions)
+        x = self._embed(self.decoder, decoder_input_ids, positions)
         mask = memory_mask.bool()[:, None, None, :]
         for layer in self.decoder.layers:
             x = layer(x, memory, mask)
-        return self._logits(x)
+        return self._logits(self.decoder.finish(x))
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor
@@ -140,11 +172,11 @@ class Transformer(nn.Module):
         values once for its k queries instead of once per row. A block of rows other than the first
         (`first_row` > 0) lets a step run in parts (engine/core.py retries a failed step that way).
         """
-        x = self._embed(self.decoder.embed_tokens, tokens[:, None], positions[:, None])  # (N, 1, d)
+        x = self._embed(self.decoder, tokens[:, None], positions[:, None])  # (N, 1, d)
         self_mask, cross_mask = cache.masks(positions, target_length, source_length, group_size, first_row)
         for index, layer in enumerate(self.decoder.layers):
             x = layer.step(x, cache, index, positions, self_mask, cross_mask, target_length, group_size, first_row)
-        return self._logits(x[:, 0])
+        return self._logits(self.decoder.finish(x[:, 0]))
 
     @property
     def device(self) -> torch.device:

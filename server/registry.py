@@ -14,6 +14,7 @@ from mtserve.engine.scheduler import Scheduler
 from mtserve.engine.translator import Translator
 from mtserve.model import bundled_model_dir
 from mtserve.model.cpu_linear import warm_up
+from mtserve.model.languages import LanguageCodes
 
 from .config import ModelSpec, ServerConfig
 from .engine_thread import EngineThread
@@ -53,6 +54,13 @@ class ServedModel:
     source_language: str
     target_language: str
     is_default: bool
+
+    @property
+    def languages(self) -> LanguageCodes:
+        """The languages a request may choose from: a multilingual model's, a multi-target one's targets
+        (empty for a single-pair model)."""
+        targets = self.translator.tokenizer.target_languages
+        return targets if len(targets) > 1 else LanguageCodes(())
 
     @property
     def max_source_length(self) -> int:
@@ -95,7 +103,12 @@ class ModelRegistry:
         translator = Translator.load(spec.path, device=config.device, dtype=config.dtype, quantize=config.quantize)
         # Warm-up: the first step pays for allocator and kernel initialisation, not the first caller, and the
         # packed layers meet their row buckets now (cpu_linear.warm_up says why).
-        translator.translate(["Warm-up."], max_length=4)
+        tokenizer = translator.tokenizer
+        warm_up_languages = {
+            "source_language": tokenizer.source_languages.codes[0] if tokenizer.needs_source_language else None,
+            "target_language": tokenizer.target_languages.codes[0] if tokenizer.needs_target_language else None,
+        }
+        translator.translate(["Warm-up."], max_length=4, **warm_up_languages)
         warm_up(translator.model, config.max_batch_rows)
         scheduler = Scheduler(config.max_batch_rows, config.max_batch_tokens, config.max_queue)
         core = EngineCore(translator.model, scheduler, name=spec.name)

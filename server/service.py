@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import logging
 import math
@@ -45,9 +46,9 @@ from .errors import (
     RequestCancelledError,
     ValidationError,
     cancelled_status,
-    excerpt,
     status_for,
 )
+from .languages import text_languages
 from .metrics import Metrics
 from .registry import ModelRegistry, ServedModel
 from .segment import Segment, SentenceTooLongError, join, segment
@@ -67,6 +68,7 @@ class _Text:
 
     index: int
     segments: list[Segment]
+    languages: tuple[str | None, str | None] = (None, None)  # the model's (source, target) codes
     hypotheses: list[list[Hypothesis] | None] = field(default_factory=list)
     partial: list[list[int]] = field(default_factory=list)
 
@@ -246,22 +248,18 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         scheduler = model.engine.scheduler
         if scheduler.num_waiting + len(texts) > scheduler.max_queue:  # refused before any tokenizing
             raise QueueFullError(len(texts), scheduler.num_waiting, scheduler.max_queue)
-        for field_name, given, served in (
-            ("source_language", request.source_language, model.source_language),
-            ("target_language", request.target_language, model.target_language),
-        ):
-            if given and served and given.lower() != served.lower():
-                raise ValidationError(field_name,
-                                      f"{excerpt(given)!r} does not match model {model.name!r} ({served!r})")
-        options = self._search_options(request.options, model)
         tokenizer, core = model.translator.tokenizer, model.engine.core
+        pairs = text_languages(tokenizer, model.name, len(texts), request.source_language, request.target_language,
+                               request.source_languages, request.target_languages)
+        options = self._search_options(request.options, model)
         call_texts: list[_Text] = []
-        for i, text in enumerate(texts):
+        for i, (text, pair) in enumerate(zip(texts, pairs, strict=True)):
             if not text.strip():
-                call_texts.append(_Text(i, []))
+                call_texts.append(_Text(i, [], pair))
                 continue
             try:
-                segments = segment(text, tokenizer.encode, model.max_source_length)
+                segments = segment(text, functools.partial(tokenizer.encode, source_language=pair[0],
+                                                           target_language=pair[1]), model.max_source_length)
             except SentenceTooLongError as exc:
                 raise ValidationError(f"texts[{i}]", str(exc)) from None
             for piece in segments:
@@ -269,14 +267,15 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
                     core.check(piece.source_ids, options)
                 except ValueError as exc:
                     raise ValidationError(f"texts[{i}]", str(exc)) from None
-            call_texts.append(_Text(i, segments))
+            call_texts.append(_Text(i, segments, pair))
 
         # Partials stream what can no longer change: greedy and one-sample tokens as they come, the prefix
         # that every live beam shares in beam search; n independent samples have no one partial to show.
         stream_tokens = stream and request.partial_results and not (options.sampling and options.num_hypotheses > 1)
+        prefixes = {pair: tokenizer.target_prefix(pair[1]) for pair in set(pairs)}
         engine_texts = [
             Text((text.index, j), options.rows, len(piece.source_ids), options.max_length,
-                 work=NewText(piece.source_ids, options, stream=stream_tokens))
+                 work=NewText(piece.source_ids, options, prefixes[text.languages], stream=stream_tokens))
             for text in call_texts
             for j, piece in enumerate(text.segments)
         ]
@@ -408,7 +407,11 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
 
     def _result(self, call: _Call, text: _Text, outcome: _Outcome) -> Any:
         """A text's result: sentences joined; n-best combines each sentence's i-th hypothesis."""
-        result = pb2.TranslationResult(index=text.index, input_tokens=text.input_tokens)
+        source, target = text.languages
+        result = pb2.TranslationResult(
+            index=text.index, input_tokens=text.input_tokens,
+            source_language=source or call.model.source_language, target_language=target or call.model.target_language,
+        )  # fmt: skip
         if not text.segments:
             return result
         decode = call.model.translator.tokenizer.decode
@@ -468,6 +471,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             device=str(model.translator.device),
             dtype=str(model.translator.dtype).removeprefix("torch."),
             is_default=model.is_default,
+            languages=[pb2.Language(code=code, tag=model.languages.tag(code)) for code in model.languages.codes],
         )
 
     # -- errors, metrics and the access log ----------------------------------------------------------

@@ -50,7 +50,7 @@ from mtserve.engine.scheduler import Request, Scheduler, Text
 from mtserve.model.checkpoint import load_model, save_model
 from mtserve.model.config import ModelConfig
 from mtserve.model.options import SearchOptions
-from mtserve.model.tokenizer import MarianTokenizer
+from mtserve.model.tokenizers import MarianTokenizer
 from mtserve.model.transformer import Transformer
 
 from .data import read_split

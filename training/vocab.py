@@ -26,7 +26,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from mtserve.model.tokenizer import MarianTokenizer
+from mtserve.model.tokenizers import MarianTokenizer
 
 EOS, UNK, PAD = "</s>", "<unk>", "<pad>"
 FILES = ("source.spm", "target.spm", "vocab.json")

@@ -88,14 +88,15 @@ def test_translate_scores_and_nbest_formats(server, capsys):
 def test_translate_error_exit_code(server, capsys):
     rc, out, err = run(capsys, "translate", "--server", server.address, "--model", "invalid", "x")
     assert rc == 1 and out == ""
-    assert "INVALID_ARGUMENT" in err and "the limit is 10" in err
+    # The server refused line 1 (INVALID_ARGUMENT naming texts[0]): the message names the line and the limit.
+    assert "line 1: has 12 characters, the limit is 10" in err and "0 of 1 lines translated" in err
 
 
 def test_models_table_and_json(server, capsys):
     rc, out, _ = run(capsys, "models", "--server", server.address)
     assert rc == 0
     header, first, second = out.splitlines()
-    assert header.split()[:3] == ["NAME", "PAIR", "LAYERS"]
+    assert header.split()[:3] == ["NAME", "LANGUAGES", "LAYERS"]
     assert first.split() == ["dummy", "en-de", "2+3", "64", "4", "1000/900", "0.1M", "512/256", "cpu", "float32",
                              "(default)"]
     assert second.split()[:2] == ["other", "?-?"]

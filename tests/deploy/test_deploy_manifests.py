@@ -259,7 +259,9 @@ def test_dockerfile_copies_every_package() -> None:
     for keyword, arguments in dockerfile_instructions():
         if keyword == "COPY" and not arguments.startswith("--from"):
             copied |= set(arguments.split()[:-1])
-    assert needed <= copied, sorted(needed - copied)
+    # A subpackage (model/tokenizers) comes with its parent's directory.
+    missing = {path for path in needed if not any(path == c or path.startswith(f"{c}/") for c in copied)}
+    assert not missing, sorted(missing)
 
 
 def dockerignored(path: str, patterns: list[str]) -> bool:

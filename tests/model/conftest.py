@@ -86,7 +86,7 @@ def build_marian(
         build_tokenizer_dir = _tokenizer_helper()
         if build_tokenizer_dir is None:
             pytest.skip("tests/model/_tokenizer_fixtures.py (build_tokenizer_dir) is not there yet")
-        from mtserve.model.tokenizer import MarianTokenizer
+        from mtserve.model.tokenizers import MarianTokenizer
 
         build_tokenizer_dir(path, separate_vocabs=separate_vocabs, vocab_size=spm_vocab_size)
         tok = MarianTokenizer.from_dir(path)

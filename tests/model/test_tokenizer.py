@@ -22,7 +22,7 @@ from _tokenizer_fixtures import (
     train_spm,
 )
 
-from mtserve.model.tokenizer import MarianTokenizer
+from mtserve.model.tokenizers import MarianTokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
 

@@ -36,7 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mtserve.engine.translator import Translation, Translator
 from mtserve.model.checkpoint import save_model
 from mtserve.model.config import ModelConfig
-from mtserve.model.tokenizer import MarianTokenizer
+from mtserve.model.tokenizers import MarianTokenizer
 from mtserve.model.transformer import Transformer
 from mtserve.server.app import MtserveServer
 from mtserve.server.config import ServerConfig

@@ -54,7 +54,7 @@ def test_models(server: Any) -> None:
     table = mtserve("models", "--server", server.address)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.strip().split("\n")
-    assert lines[0].split()[:2] == ["NAME", "PAIR"]
+    assert lines[0].split()[:2] == ["NAME", "LANGUAGES"]
     assert [line.split()[0] for line in lines[1:]] == ["tiny", "endless", "short"]
     assert lines[1].split()[1] == "en-de" and lines[1].endswith("(default)")
 

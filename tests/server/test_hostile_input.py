@@ -169,14 +169,20 @@ def test_hostile_request(stub: Any, case: str, rpc: str) -> None:
 
 
 _floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
+_languages = st.sampled_from(["", "de", "fr", "deu", "xx", "zh-TW", "sr-Latn", "__de__", "eng_Latn"]) | st.text(
+    max_size=8)
 _requests = st.builds(
-    lambda texts, model, source, target, partial, options: pb2.TranslateRequest(
+    lambda texts, model, source, target, per_text, fit, partial, options: pb2.TranslateRequest(
         texts=texts, model=model, source_language=source, target_language=target, partial_results=partial,
+        # per-text targets: one per text (cycled), or a list of any length
+        target_languages=[per_text[i % len(per_text)] for i in range(len(texts))] if fit and per_text else per_text,
         options=pb2.DecodingOptions(**options)),
     st.lists(st.text(max_size=60), max_size=20),
     st.sampled_from(["", "tiny", "short", "nope"]) | st.text(max_size=20),
     st.sampled_from(["", "en", "EN", "fr"]) | st.text(max_size=8),
-    st.sampled_from(["", "de", "xx"]) | st.text(max_size=8),
+    _languages,
+    st.lists(_languages, max_size=20),
+    st.booleans(),
     st.booleans(),
     st.fixed_dictionaries({}, optional={
         "beam_size": st.integers(0, 12) | st.integers(0, UINT32_MAX),
@@ -199,7 +205,8 @@ def _fuzz(stub: Any, request: Any, rpc: str) -> None:
     except grpc.RpcError as error:
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (error.code(), error.details())
         assert error.details().split(":")[0] in {"texts", "model", "source_language", "target_language",
-                                                 "options"} or error.details().startswith(("texts[", "options.")), \
+                                                 "target_languages", "options"} or error.details().startswith(
+            ("texts[", "options.", "target_languages[")), \
             error.details()
     else:
         assert sorted(r.index for r in results) == list(range(len(request.texts)))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mtserve.model.tokenizer import MarianTokenizer
+from mtserve.model.tokenizers import MarianTokenizer
 from mtserve.training import data
 from mtserve.training.vocab import train_vocab
 

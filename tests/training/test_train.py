@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from mtserve.model.checkpoint import load_model
-from mtserve.model.tokenizer import MarianTokenizer
+from mtserve.model.tokenizers import MarianTokenizer
 from mtserve.model.transformer import Transformer
 from mtserve.training import train as tr
 from mtserve.training.vocab import train_vocab

@@ -37,13 +37,15 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sentencepiece
+
+from ..languages import LanguageCodes
+from .added_tokens import AddedToken, AddedTokens
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +69,6 @@ _SPECIAL_TOKEN_ATTRS = (
     "mask_token",
 )
 _MARIAN_DEFAULTS = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
-
-
-@dataclass(frozen=True, slots=True)
-class _AddedToken:
-    """A token matched in the raw text before SentencePiece runs (HF's ``AddedToken``)."""
-
-    content: str
-    special: bool = True
-    lstrip: bool = False
-    rstrip: bool = False
-    single_word: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +122,7 @@ class MarianTokenizer:
             if special_tokens.get(attr) is None:
                 raise ValueError(f"tokenizer config sets no {attr}; Marian models need one")
         self.special_tokens: tuple[str, ...] = tuple(special_tokens["all"])
-        self._added: dict[str, _AddedToken] = {tok.content: tok for tok in added.values()}
+        self._added = AddedTokens(added.values())
         source_added_ids = {tok.content: i for i, tok in added.items()}
 
         self._source = _build_side(source_spm, dict(vocab), source_added_ids, special_tokens)
@@ -148,9 +139,6 @@ class MarianTokenizer:
             self._target = _build_side(target_spm, self._source.vocab, source_added_ids, special_tokens)
             self.language_codes = tuple(t for t in vocab if t.startswith(">>") and t.endswith("<<"))
 
-        # Longest first: of two added tokens starting at the same place the longer wins, as in HF's trie.
-        contents = sorted(self._added, key=len, reverse=True)
-        self._added_re = re.compile(f"({'|'.join(map(re.escape, contents))})") if contents else None
         self._special_set = frozenset(self.special_tokens)
 
     # ------------------------------------------------------------------ loading
@@ -226,9 +214,32 @@ class MarianTokenizer:
 
     # ------------------------------------------------------------------ encoding
 
-    def encode(self, text: str) -> list[int]:
-        """Source-side ids of ``text``, ending with ``</s>``."""
+    def encode(self, text: str, source_language: str | None = None, target_language: str | None = None) -> list[int]:
+        """Source-side ids of ``text``, ending with ``</s>``. In a multi-target model a `target_language`
+        (one of its ``>>xxx<<`` codes) goes in front, as OPUS-MT's model cards tell users to write it;
+        `source_language` only names what the model was trained on."""
+        del source_language
+        if target_language and target_language in self.language_codes:
+            text = f"{target_language} {text}"
         return self._encode_many([text], self._source)[0]
+
+    def target_prefix(self, target_language: str | None) -> tuple[int, ...]:
+        """Nothing: a Marian model's target language is a source token (see :meth:`encode`)."""
+        return ()
+
+    # The language pair is the model's (or a >>xxx<< token the text may carry itself).
+    needs_source_language = False
+    needs_target_language = False
+
+    @property
+    def source_languages(self) -> LanguageCodes:
+        """The declared source language (tokenizer_config's source_lang), if any."""
+        return LanguageCodes([self.source_lang or ""])
+
+    @property
+    def target_languages(self) -> LanguageCodes:
+        """A multi-target model's ``>>xxx<<`` codes, else the declared target language, if any."""
+        return LanguageCodes(self.language_codes or [self.target_lang or ""])
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """:meth:`encode` for many texts."""
@@ -286,11 +297,11 @@ class MarianTokenizer:
         """Split ``text`` into SentencePiece segments (str) and whole tokens ((id, token)), in order."""
         if not isinstance(text, str):
             raise TypeError(f"expected str, got {type(text).__name__}")
-        if self._split_special_tokens or self._added_re is None or self._added_re.search(text) is None:
+        if self._split_special_tokens or not self._added.occur_in(text):
             parts = [text]
-            added: Mapping[str, _AddedToken] = {}
+            added: AddedTokens | frozenset[str] = frozenset()
         else:
-            parts = self._split_added(text)
+            parts = self._added.split(text)
             added = self._added
         plan: list[str | tuple[int, str]] = []
         for part in parts:
@@ -308,31 +319,6 @@ class MarianTokenizer:
             if part:
                 plan.append(part)
         return plan
-
-    def _split_added(self, text: str) -> list[str]:
-        """HF's ``tokenize`` split on added tokens, with their lstrip/rstrip/single_word behaviour."""
-        assert self._added_re is not None
-        # The pattern is one capturing group, so matches stay in the list; HF's trie yields no empty parts.
-        parts = [p for p in self._added_re.split(text) if p]
-        added = self._added
-        for i in range(len(parts)):
-            tok = added.get(parts[i])
-            if tok is None:
-                continue
-            left = parts[i - 1] if i > 0 else None
-            right = parts[i + 1] if i < len(parts) - 1 else None
-            if tok.rstrip and right:
-                parts[i + 1] = right.lstrip()
-            if tok.lstrip and left:
-                parts[i - 1] = left.rstrip()
-            if tok.single_word:
-                if left and left[-1] != " ":
-                    parts[i - 1] += parts[i]
-                    parts[i] = ""
-                elif right and right[0] != " ":
-                    parts[i + 1] = parts[i] + parts[i + 1]
-                    parts[i] = ""
-        return parts
 
     # ------------------------------------------------------------------ decoding
 
@@ -432,17 +418,17 @@ def _token_content(value: Any) -> str | None:
 
 def _resolve_added_tokens(
     cfg: dict[str, Any], special_map: Mapping[str, Any] | None, vocab: Mapping[str, int]
-) -> tuple[dict[str, Any], dict[int, _AddedToken]]:
+) -> tuple[dict[str, Any], dict[int, AddedToken]]:
     """Mirror how Transformers 5 turns tokenizer_config.json / special_tokens_map.json into special
     tokens and numbered added tokens. Returns ({attr: content, ..., "all": [contents]}, {id: token})."""
     if "additional_special_tokens" in cfg and not cfg.get("extra_special_tokens"):
         cfg["extra_special_tokens"] = cfg.pop("additional_special_tokens")
 
-    added: dict[int, _AddedToken] = {}
+    added: dict[int, AddedToken] = {}
     if "added_tokens_decoder" in cfg:
         for idx, spec in cfg["added_tokens_decoder"].items():
             spec = spec if isinstance(spec, dict) else {"content": spec}
-            added[int(idx)] = _AddedToken(
+            added[int(idx)] = AddedToken(
                 content=str(spec["content"]),
                 special=bool(spec.get("special", False)),
                 lstrip=bool(spec.get("lstrip", False)),
@@ -488,7 +474,7 @@ def _resolve_added_tokens(
             idx = known[content]
         else:
             idx, next_id = next_id, next_id + 1
-        added[idx] = _AddedToken(content=content, special=True)
+        added[idx] = AddedToken(content=content, special=True)
         added_ids[content] = idx
     return named, added
 

@@ -1,0 +1,76 @@
+"""Tokenizers read from a model directory's own files, one per model family, with one interface.
+
+- marian.py: OPUS-MT (source.spm/target.spm + vocab.json; ``>>xxx<<`` target tokens in multi-target models);
+- fairseq.py: NLLB-200, M2M100 and MBart-50 (one spm, fairseq ids, a language token on each side);
+- added_tokens.py: special tokens matched in the raw text, shared by both.
+
+:func:`load_tokenizer` picks one by the model's ``model_type``. Language codes given to ``encode`` and
+``target_prefix`` are the model's own (``languages.LanguageCodes.resolve`` maps a caller's tag to one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+from ..config import ModelConfig
+from ..languages import LanguageCodes, choose_language
+from .fairseq import FairseqTokenizer
+from .marian import MarianTokenizer
+
+
+class Tokenizer(Protocol):
+    """What the engine, the Translator and the server use of a tokenizer."""
+
+    @property
+    def source_languages(self) -> LanguageCodes: ...  # empty: not declared (any accepted, none chosen)
+
+    @property
+    def target_languages(self) -> LanguageCodes: ...
+
+    # Whether a request must name the language: the model reads it (a language token), it cannot guess.
+    needs_source_language: bool
+    needs_target_language: bool
+    pad_id: int
+    eos_id: int
+
+    @property
+    def source_vocab_size(self) -> int: ...
+
+    @property
+    def target_vocab_size(self) -> int: ...
+
+    def encode(self, text: str, source_language: str | None = None, target_language: str | None = None) -> list[int]:
+        """Source ids ending with </s>, with whatever language tokens the model's encoder reads."""
+        ...
+
+    def target_prefix(self, target_language: str | None) -> tuple[int, ...]:
+        """The tokens a translation into that language is forced to start with."""
+        ...
+
+    def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str: ...
+
+
+def choose_languages(
+    tokenizer: Tokenizer,
+    source: str | None,
+    target: str | None,
+    fields: tuple[str, str] = ("source_language", "target_language"),
+) -> tuple[str | None, str | None]:
+    """The model's codes for a requested pair (languages.choose_language on each side); raises
+    languages.LanguageError naming the field (`fields`: the names the caller gave them)."""
+    return (
+        choose_language(fields[0], source, tokenizer.source_languages, required=tokenizer.needs_source_language),
+        choose_language(fields[1], target, tokenizer.target_languages, required=tokenizer.needs_target_language),
+    )
+
+
+def load_tokenizer(path: str | Path, config: ModelConfig) -> Tokenizer:
+    """The tokenizer of a model directory, chosen by its config.json's model_type."""
+    if config.model_type == "marian":
+        return MarianTokenizer.from_dir(path)
+    return FairseqTokenizer.from_dir(path, config.model_type, config.target_vocab_size)
+
+
+__all__ = ["FairseqTokenizer", "MarianTokenizer", "Tokenizer", "choose_languages", "load_tokenizer"]
