@@ -1,11 +1,13 @@
-"""The three engines behind one interface: load a Marian directory, decode token-id sources.
+"""The three engines behind one interface: load a model directory, decode token-id sources.
 
-Every engine gets the same source ids (mtserve's tokenizer, ending in ``</s>``) and returns, per
-source, the best hypothesis's target ids without the start token and without ``</s>``. Lengths follow
-mtserve's convention (``max_length`` counts generated tokens, ``</s>`` included, and the last one is
-a forced ``</s>``): Transformers gets ``max_length + 1`` (it counts the start token), CTranslate2
-``max_decoding_length = max_length - 1`` (it counts tokens other than ``</s>`` and forces none), so that
-a text that never ends has the same ``max_length - 1`` tokens in all three. ``min_length`` counts
+Every engine gets the same source ids (mtserve's tokenizer, ending in ``</s>``) and, for a multilingual model,
+each source's target prefix (its target-language token: mtserve forces it, Transformers too, with
+``forced_bos_token_id`` on batches of one language, CTranslate2 takes it as ``target_prefix``), and returns,
+per source, the best hypothesis's target ids without the start token and without ``</s>`` (the prefix
+included). Lengths follow mtserve's convention (``max_length`` counts generated tokens, ``</s>`` included, and
+the last one is a forced ``</s>``): Transformers gets ``max_length + 1`` (it counts the start token),
+CTranslate2 ``max_decoding_length = max_length - 1`` (it counts tokens other than ``</s>`` and forces none),
+so that a text that never ends has the same ``max_length - 1`` tokens in all three. ``min_length`` counts
 tokens before ``</s>`` (Transformers: + 1 again).
 """
 
@@ -24,7 +26,7 @@ class Engine(Protocol):
 
     def generate(
         self, sources: Sequence[Ids], beam_size: int, max_length: int, min_length: int, batch_size: int,
-        early_stopping: bool = False,
+        early_stopping: bool = False, prefixes: Sequence[Ids] | None = None,
     ) -> list[Ids]:
         """The best hypothesis of every source, in input order."""
         ...
@@ -49,7 +51,7 @@ class MtserveEngine:
 
     def generate(
         self, sources: Sequence[Ids], beam_size: int, max_length: int, min_length: int, batch_size: int,
-        early_stopping: bool = False,
+        early_stopping: bool = False, prefixes: Sequence[Ids] | None = None,
     ) -> list[Ids]:
         from mtserve.model.options import SearchOptions
 
@@ -58,48 +60,61 @@ class MtserveEngine:
             early_stopping=early_stopping,
         )
         self.translator.max_batch_rows = batch_size * beam_size  # 32 texts in flight, as the others
-        results = self.translator.generate(sources, options)
+        results = self.translator.generate(sources, options, [tuple(p) for p in prefixes] if prefixes else None)
         return [hypotheses[0].token_ids if hypotheses else [] for hypotheses in results]
 
 
 class TransformersEngine:
-    """``MarianMTModel.generate`` on batches of ``batch_size`` sources, sorted by length (as a careful
-    user would, to save padding), with Transformers' own defaults otherwise."""
+    """``generate`` of the model's class (MarianMTModel, M2M100ForConditionalGeneration) on batches of
+    ``batch_size`` sources, sorted by length (as a careful user would, to save padding), with Transformers'
+    own defaults otherwise."""
 
     name = "transformers"
 
     def __init__(self, model_dir: Path, device: str) -> None:
         import torch
-        from transformers import MarianMTModel
+        from transformers import AutoModelForSeq2SeqLM
 
         dtype = torch.float16 if device == "cuda" else torch.float32
-        self.model = MarianMTModel.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
         self.device = device
         config = self.model.config
         self.pad, self.eos = config.pad_token_id, config.eos_token_id
+        # Marian's generation config bans <pad> (its start token); the fairseq families ban nothing.
+        self.bad_words = [[self.pad]] if config.model_type == "marian" else None
 
     def generate(
         self, sources: Sequence[Ids], beam_size: int, max_length: int, min_length: int, batch_size: int,
-        early_stopping: bool = False,
+        early_stopping: bool = False, prefixes: Sequence[Ids] | None = None,
     ) -> list[Ids]:
         import torch
 
-        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        # A multilingual model's texts go in groups of one target language, each forced as Transformers'
+        # users force it (forced_bos_token_id): a prefix in decoder_input_ids would score beams differently.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i in range(len(sources)):
+            groups.setdefault(tuple(prefixes[i]) if prefixes else (), []).append(i)
         results: list[Ids] = [[] for _ in sources]
-        for batch in _batches(order, batch_size):
-            longest = max(len(sources[i]) for i in batch)
-            ids = torch.full((len(batch), longest), self.pad, dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, : len(sources[i])] = torch.tensor(sources[i])
-            ids = ids.to(self.device)
-            with torch.inference_mode():
-                out = self.model.generate(
-                    input_ids=ids, attention_mask=ids != self.pad, num_beams=beam_size, do_sample=False,
-                    max_length=max_length + 1, min_length=min_length + 1, length_penalty=1.0,
-                    early_stopping=early_stopping, bad_words_ids=[[self.pad]], num_return_sequences=1,
-                )
-            for row, i in zip(range(len(batch)), batch, strict=True):
-                results[i] = self._strip(out[row, 1:].tolist())
+        for prefix, members in groups.items():
+            if len(prefix) > 1:
+                raise ValueError("Transformers forces one first token; prefixes of several are not supported here")
+            forced = {"forced_bos_token_id": prefix[0]} if prefix else {}
+            order = sorted(members, key=lambda i: len(sources[i]))
+            for batch in _batches(order, batch_size):
+                longest = max(len(sources[i]) for i in batch)
+                ids = torch.full((len(batch), longest), self.pad, dtype=torch.long)
+                for row, i in enumerate(batch):
+                    ids[row, : len(sources[i])] = torch.tensor(sources[i])
+                ids = ids.to(self.device)
+                with torch.inference_mode():
+                    out = self.model.generate(
+                        input_ids=ids, attention_mask=ids != self.pad, num_beams=beam_size, do_sample=False,
+                        max_length=max_length + 1, min_length=min_length + 1, length_penalty=1.0,
+                        early_stopping=early_stopping, bad_words_ids=self.bad_words, num_return_sequences=1,
+                        **forced,
+                    )
+                for row, i in zip(range(len(batch)), batch, strict=True):
+                    results[i] = self._strip(out[row, 1:].tolist())
         return results
 
     def _strip(self, ids: Ids) -> Ids:
@@ -124,16 +139,18 @@ class CTranslate2Engine:
             intra_threads=threads, inter_threads=1,
         )
         self.source_tokens = _ct2_vocabulary(ct2_dir, "source")
-        self.target_ids = {token: i for i, token in enumerate(_ct2_vocabulary(ct2_dir, "target"))}
+        self.target_tokens = _ct2_vocabulary(ct2_dir, "target")
+        self.target_ids = {token: i for i, token in enumerate(self.target_tokens)}
 
     def generate(
         self, sources: Sequence[Ids], beam_size: int, max_length: int, min_length: int, batch_size: int,
-        early_stopping: bool = False,
+        early_stopping: bool = False, prefixes: Sequence[Ids] | None = None,
     ) -> list[Ids]:
         tokens = [[self.source_tokens[i] for i in source] for source in sources]
+        target_prefix = [[self.target_tokens[i] for i in prefix] for prefix in prefixes] if prefixes else None
         results = self.translator.translate_batch(
             tokens, beam_size=beam_size, max_decoding_length=max_length - 1, min_decoding_length=min_length,
-            max_batch_size=batch_size,
+            max_batch_size=batch_size, target_prefix=target_prefix,
             batch_type="examples", length_penalty=1.0, num_hypotheses=1,
         )
         return [[self.target_ids[t] for t in result.hypotheses[0]] for result in results]

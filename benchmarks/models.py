@@ -56,11 +56,26 @@ SHAPES = {"base": Shape(), "tiny": Shape(d_model=64, layers=2, heads=4, ffn=128)
 
 @dataclass
 class ModelSpec:
-    """A model to benchmark: its Marian directory and how it came about."""
+    """A model to benchmark: its directory, how it came about, and (multilingual models) its languages."""
 
     name: str
     path: Path
     note: str
+    source_language: str | None = None
+    target_languages: tuple[str, ...] = ()
+
+    def sources_and_prefixes(self, texts: Sequence[str]) -> tuple[list[list[int]], list[list[int]] | None]:
+        """The texts' source ids with mtserve's tokenizer, and each one's forced target prefix (the target
+        languages cycled over the texts), None for a single-pair model."""
+        from mtserve.model.config import ModelConfig
+        from mtserve.model.tokenizers import load_tokenizer
+
+        tokenizer = load_tokenizer(self.path, ModelConfig.from_dir(self.path))
+        if not self.target_languages:
+            return [tokenizer.encode(t) for t in texts], None
+        targets = [self.target_languages[i % len(self.target_languages)] for i in range(len(texts))]
+        sources = [tokenizer.encode(t, self.source_language) for t in texts]
+        return sources, [list(tokenizer.target_prefix(t)) for t in targets]
 
 
 def resolve_vocab() -> tuple[Path, str]:
@@ -165,9 +180,11 @@ def _build_random(out: Path, vocab_dir: Path, shape: Shape, sources: Sequence[Se
 
 
 def _calibrate_eos_bias(
-    model: object, sources: Sequence[Sequence[int]], eos: int, pad: int, mean_length: float, steps: int = 96
+    model: object, sources: Sequence[Sequence[int]], eos: int, pad: int, mean_length: float, steps: int = 96,
+    first_steps: int = 1, ban_pad: bool = True, **generate_kwargs: object,
 ) -> float:
-    """The ``</s>`` logit bias that makes greedy outputs ``mean_length`` tokens long on average."""
+    """The ``</s>`` logit bias that makes greedy outputs ``mean_length`` tokens long on average.
+    ``first_steps``: steps that never stop (the first token, and a forced language token before it)."""
     import torch
     from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -175,7 +192,8 @@ def _calibrate_eos_bias(
 
     class Record(LogitsProcessor):
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            scores[:, pad] = -float("inf")
+            if ban_pad:
+                scores[:, pad] = -float("inf")
             others = scores.clone()
             others[:, eos] = -float("inf")
             margins.append(others.max(dim=-1).values - scores[:, eos])  # (B,)
@@ -191,7 +209,7 @@ def _calibrate_eos_bias(
         model.generate(  # type: ignore[attr-defined]
             input_ids=ids, attention_mask=ids != pad, num_beams=1, do_sample=False,
             max_length=steps + 1, min_length=0, forced_eos_token_id=None,
-            logits_processor=LogitsProcessorList([Record()]),
+            logits_processor=LogitsProcessorList([Record()]), **generate_kwargs,
         )
     table = torch.stack(margins, dim=1)  # (B, steps)
     # The last step's forced </s> (forced_eos_token_id) gives -inf: no information, never a stop.
@@ -199,7 +217,7 @@ def _calibrate_eos_bias(
 
     def mean_stop(bias: float) -> float:
         stops = table <= bias  # (B, steps): where </s> would win
-        stops[:, 0] = False  # the benchmarks decode with min_length 1: empty outputs are not translations
+        stops[:, :first_steps] = False  # the benchmarks' min_length: empty outputs are not translations
         first = torch.where(stops.any(dim=1), stops.float().argmax(dim=1), torch.tensor(steps))
         return float(first.float().mean())
 

@@ -2,13 +2,14 @@
 
     python -m benchmarks.offline [--sentences 500] [--repeats 3] [--threads N] [--beams 4 1]
 
-For each model (the random transformer-base model the harness builds, and model/default when it
-exists), each decoding (beam 4, greedy) and each engine: a fresh process loads the model, warms up on
+For each model (the random transformer-base model the harness builds, model/default when it
+exists, and with ``--models nllb m2m100`` random models of those families' shapes, their texts' target
+languages mixed), each decoding (beam 4, greedy) and each engine: a fresh process loads the model, warms up on
 a few sentences, and decodes all sentences in batches of 32; the rounds of engines are interleaved
 (round 1: A B C, round 2: A B C, ...) so that a machine whose load drifts penalises none of them.
 Reported: target tokens per second of the median round, peak RSS (and GPU memory), and how often the
 engines' outputs are token-identical. Results go to benchmarks/results/<device>-offline.{md,json,png}
-(<device>-offline-early-stopping.* with --early-stopping).
+(<device>-offline-early-stopping.* with --early-stopping; -offline-multilingual* for the NLLB/M2M100 runs).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .common import (
 )
 from .engines import DEFAULT_ENGINES, ENGINES
 from .models import SHAPES, ModelSpec, ct2_model, default_model, random_model, resolve_vocab
+from .multilingual_models import FAMILIES, multilingual_model
 
 log = logging.getLogger("benchmarks.offline")
 
@@ -94,9 +96,9 @@ def measure_model(
     spec: ModelSpec, texts: Sequence[str], args: argparse.Namespace, device: Device
 ) -> list[Measurement]:
     """Every decoding × engine on one model, rounds interleaved."""
-    from mtserve.model.tokenizers import MarianTokenizer
-
-    sources = MarianTokenizer.from_dir(spec.path).encode_batch(list(texts))
+    sources, prefixes = spec.sources_and_prefixes(texts)
+    # The forced language token counts as a generated token: one more before </s>, as in all three engines.
+    min_length = args.min_length + (1 if prefixes else 0)
     ct2_dir = str(ct2_model(spec)) if "ctranslate2" in args.engines else None
     measurements: list[Measurement] = []
     for beam_size in args.beams:
@@ -107,7 +109,7 @@ def measure_model(
                     continue
                 job = {"engine": engine, "model_dir": str(spec.path), "ct2_dir": ct2_dir, "device": device.kind,
                        "threads": device.threads, "beam_size": beam_size, "max_length": args.max_length,
-                       "min_length": args.min_length, "batch_size": args.batch_size, "repeats": 1,
+                       "min_length": min_length, "batch_size": args.batch_size, "repeats": 1, "prefixes": prefixes,
                        "early_stopping": args.early_stopping,
                        "warmup": args.warmup, "sources": sources}
                 started = time.perf_counter()
@@ -218,8 +220,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--min-length", type=int, default=1,
                    help="tokens before </s> at least (%(default)s: no empty outputs, as the random model could give)")
     p.add_argument("--warmup", type=int, default=8, help="sentences decoded before timing (%(default)s)")
-    p.add_argument("--models", nargs="+", default=["base", "default"], choices=["base", "default"],
-                   help="the random base-size model, the bundled model (%(default)s)")
+    p.add_argument("--models", nargs="+", default=["base", "default"], choices=["base", "default", *FAMILIES],
+                   help="the random base-size Marian model, the bundled model, random NLLB-/M2M100-shaped models "
+                        "(%(default)s)")
     p.add_argument("--shape", default="base", choices=sorted(SHAPES),
                    help="size of the random model (tiny: a smoke run)")
     p.add_argument("--early-stopping", action="store_true",
@@ -250,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         vocab_dir, _ = resolve_vocab()
         calibration = MarianTokenizer.from_dir(vocab_dir).encode_batch(texts[:32])
         specs.append(random_model(calibration, args.shape))
+    for family in FAMILIES:
+        if family in args.models:
+            specs.append(multilingual_model(family, texts, args.shape))
     if "default" in args.models:
         spec = default_model()
         if spec is None:
@@ -270,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)
     # The like-for-like run (CTranslate2's stopping rule for everyone) is kept beside the default one.
-    stem = args.out / (f"{device.tag}-offline" + ("-early-stopping" if args.early_stopping else ""))
+    multilingual = "-multilingual" if set(args.models) <= set(FAMILIES) else ""
+    stem = args.out / (f"{device.tag}-offline{multilingual}" + ("-early-stopping" if args.early_stopping else ""))
     stem.with_suffix(".md").write_text(report, encoding="utf-8")
     write_json(stem.with_suffix(".json"), {
         "device": device.__dict__ | {"tag": device.tag}, "settings": settings, "notes": notes,

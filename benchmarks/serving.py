@@ -67,6 +67,12 @@ def run_bench(target: str, inputs: Path, concurrency: int, requests: int, args: 
     command = [*mtserve_command(), "bench", "--server", target, "--json", "-c", str(concurrency), "-n", str(requests),
                "-i", str(inputs), "--beam-size", str(args.beam_size), "--max-length", str(args.max_length),
                "--timeout", str(args.request_timeout)]
+    from .multilingual_models import FAMILIES
+
+    family = FAMILIES.get(str(args.model))
+    if family is not None:  # a multilingual model: every batch mixes its target languages
+        command += ["--source-language", family.source_language,
+                    "--target-languages", ",".join(family.target_languages)]
     done = subprocess.run(command, capture_output=True, text=True)
     try:
         report: dict[str, Any] = json.loads(done.stdout)
@@ -143,9 +149,18 @@ def render(points: Sequence[Point], device: Device, settings: dict[str, Any], no
 
 
 def resolve_model(path: Path | None, threads: int) -> tuple[Path, str]:
-    """--model, else model/default, else the offline benchmark's random base model (built if needed)."""
+    """--model, else model/default, else the offline benchmark's random base model (built if needed).
+    --model nllb / m2m100: the offline benchmark's random model of that family."""
     from .models import default_model, random_model, resolve_vocab
+    from .multilingual_models import FAMILIES, multilingual_model
 
+    if path is not None and str(path) in FAMILIES:
+        from .common import set_torch_threads
+
+        set_torch_threads(threads)
+        texts, _ = load_sentences(32)
+        spec = multilingual_model(str(path), texts)
+        return spec.path, f"{spec.name} ({spec.note})"
     if path is not None:
         return path, str(path)
     spec = default_model()
@@ -164,7 +179,9 @@ def resolve_model(path: Path | None, threads: int) -> tuple[Path, str]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, help="Marian directory (default: model/default, else the random base model)")
+    p.add_argument("--model", type=Path, help="model directory (default: model/default, else the random base model); "
+                                              "nllb or m2m100: the random model of that family, its target "
+                                              "languages mixed in every batch")
     p.add_argument("--quick", action="store_true", help="concurrency 32 only, both configs (issue 3's check)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64, 256], help="(%(default)s)")
     p.add_argument("--requests", "-n", type=int, default=256,
@@ -212,7 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = render(points, device, settings, notes, configs, title)
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{device.tag}-serving{'-quick' if args.quick else ''}"
+    from .multilingual_models import FAMILIES
+
+    family = f"-{args.model}" if str(args.model) in FAMILIES else ""
+    stem = args.out / f"{device.tag}-serving{family}{'-quick' if args.quick else ''}"
     stem.with_suffix(".md").write_text(report, encoding="utf-8")
     write_json(stem.with_suffix(".json"), {
         "device": device.__dict__ | {"tag": device.tag}, "settings": settings, "notes": notes,

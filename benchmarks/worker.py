@@ -77,14 +77,15 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
                          device, threads)
     load_s = time.perf_counter() - started
     sources: list[list[int]] = job["sources"]
+    prefixes: list[list[int]] | None = job.get("prefixes")
     args = (job["beam_size"], job["max_length"], job["min_length"], job["batch_size"], job.get("early_stopping", False))
-    engine.generate(sources[: job["warmup"]], *args)
+    engine.generate(sources[: job["warmup"]], *args, prefixes[: job["warmup"]] if prefixes else None)
     seconds: list[float] = []
     outputs: list[list[int]] = []
     for _ in range(job["repeats"]):
         _synchronize(device)
         started = time.perf_counter()
-        outputs = engine.generate(sources, *args)
+        outputs = engine.generate(sources, *args, prefixes)
         _synchronize(device)
         seconds.append(time.perf_counter() - started)
     return {

@@ -83,10 +83,12 @@ async def run_bench(
     connections: int = 1,
     timeout: float | None = 60.0,
     connection: dict[str, Any] | None = None,
+    target_languages: Sequence[str] = (),
     **translate_kwargs: Any,
 ) -> BenchReport:
     """Run the load and return the report. Stops after ``requests`` requests or ``duration`` seconds.
-    ``connection``: more client keywords (TLS, token), as cli.connection_kwargs gives them."""
+    ``connection``: more client keywords (TLS, token), as cli.connection_kwargs gives them.
+    ``target_languages``: cycled over the texts sent, one per text (a multilingual model's mixed load)."""
     if requests is None and duration is None:
         raise ValueError("give requests or duration")
     if not texts:
@@ -112,9 +114,13 @@ async def run_bench(
             n = next_request
             next_request += 1
             batch = [texts[(n * texts_per_request + j) % len(texts)] for j in range(texts_per_request)]
+            per_text = {}
+            if target_languages:
+                per_text["target_language"] = [target_languages[(n * texts_per_request + j) % len(target_languages)]
+                                               for j in range(texts_per_request)]
             t0 = time.perf_counter()
             try:
-                results = await client.translate(batch, **translate_kwargs)
+                results = await client.translate(batch, **translate_kwargs, **per_text)
             except TranslationError as e:
                 codes[e.code.name] += 1
                 continue
@@ -198,6 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="texts, one per line (default: built-in German sentences)")
     parser.add_argument("--connections", type=int, default=1, metavar="N",
                         help="gRPC connections shared by the workers (%(default)s)")
+    parser.add_argument("--target-languages", metavar="L1,L2,...",
+                        help="target languages cycled over the texts sent (a multilingual model's mixed load; "
+                             "overrides --target-language)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     add_connection_arguments(parser)
     add_decoding_arguments(parser)
@@ -210,11 +219,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     texts = _read_lines(args.input) if args.input else SENTENCES
     if not texts:
         parser.error(f"{args.input}: no non-empty lines")
+    decoding = decoding_kwargs(args)
+    languages = [code.strip() for code in (args.target_languages or "").split(",") if code.strip()]
+    if languages:
+        decoding.pop("target_language")
     report = asyncio.run(run_bench(
         args.server, concurrency=args.concurrency, requests=args.requests, duration=args.duration,
         texts_per_request=args.texts_per_request, texts=texts, connections=args.connections,
         timeout=args.timeout, connection={k: v for k, v in connection_kwargs(args).items() if k != "timeout"},
-        **decoding_kwargs(args),
+        target_languages=languages, **decoding,
     ))
     if args.json:
         data = asdict(report)

@@ -113,3 +113,18 @@ def test_languages_beside_a_marian_model(served: Any, offline: Any) -> None:
     assert [r.text for r in french] == [t.text for t in translator.translate([f">>fra<< {t}" for t in texts],
                                                                                max_length=MAX_LENGTH)]
     assert {r.target_language for r in french} == {">>fra<<"}
+
+
+def test_bench_mixes_target_languages(served: Any, capsys: Any) -> None:
+    """`mtserve bench --target-languages` cycles them over the texts: every request below mixes three."""
+    import json
+
+    from mtserve.client.bench import main as bench
+
+    assert bench(["--server", served.address, "--model", "nllb", "-c", "2", "-n", "6", "--texts-per-request", "3",
+                  "--source-language", "en", "--target-languages", "de,fr,ja", "--max-length", "8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] == 6 and report["texts"] == 18
+    assert bench(["--server", served.address, "--model", "nllb", "-n", "1", "--source-language", "en",
+                  "--target-languages", "de,tlh", "--texts-per-request", "2", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["codes"] == {"INVALID_ARGUMENT": 1}
