@@ -12,16 +12,17 @@ import logging
 import signal
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mtserve.proto.api import SERVICE_NAME, pb2_grpc
 
 from .auth import TokenFile, TokenFileError
 from .config import ServerConfig, configure_logging, render_config
 from .guards import AuthInterceptor, WellFormedInterceptor
+from .health import HealthService
 from .interceptors import MetricsInterceptor
 from .metrics import Metrics, MetricsServer, start_metrics_server
+from .reflection import enable_reflection
 from .registry import ModelRegistry
 from .service import TranslationService
 from .tls import ServerCertificates, TLSConfigError
@@ -62,7 +63,7 @@ class MtserveServer:
         self.config = config
         self.metrics = Metrics()
         self.registry = ModelRegistry(config, self.metrics, on_engine_death=self._engine_died)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthService()
         self._loop: asyncio.AbstractEventLoop | None = None
         # Read now, so that a missing or mismatched file fails the start with its name.
         self.certificates = (ServerCertificates(config.tls_cert, config.tls_key, config.tls_client_ca)
@@ -78,10 +79,7 @@ class MtserveServer:
         pb2_grpc.add_TranslationServiceServicer_to_server(self.service, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         if not config.no_reflection:
-            reflection.enable_server_reflection(
-                [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-                self.grpc,
-            )
+            enable_reflection([SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], self.grpc)
         self.port = 0
         self.metrics_server: MetricsServer | None = None
 

@@ -6,14 +6,17 @@ Imported by name from the test modules of this folder (pytest puts the folder on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -89,11 +92,13 @@ class Replica:
     port: int
     metrics_port: int
     log_path: Path
+    #: A loopback address: 127.0.0.2 and 127.0.0.3 let two replicas share one port, as behind one DNS name.
+    host: str = "127.0.0.1"
     process: subprocess.Popen[bytes] = field(init=False)
 
     def start(self) -> None:
         command = [
-            sys.executable, "-m", "mtserve.server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            sys.executable, "-m", "mtserve.server.cli", "serve", "--host", self.host, "--port", str(self.port),
             "--metrics-port", str(self.metrics_port), "--device", "cpu", "--threads", "1", "--grace-seconds", "5",
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
@@ -104,7 +109,7 @@ class Replica:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def serving(self) -> bool:
         if self.process.poll() is not None:
@@ -151,12 +156,31 @@ class Replica:
             self.process.wait(30)
 
 
-def start_replicas(count: int, directory: Path) -> list[Replica]:
-    """`count` replicas, started together (loading overlaps) and each SERVING when this returns."""
+def free_port_on(hosts: Sequence[str]) -> int:
+    """A TCP port free on every one of `hosts` a moment ago."""
+    for _ in range(100):
+        port = free_port()
+        with contextlib.ExitStack() as stack:
+            try:
+                for host in hosts:
+                    stack.enter_context(socket.socket()).bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no port free on all of {hosts}")
+
+
+def start_replicas(count: int, directory: Path, hosts: Sequence[str] | None = None) -> list[Replica]:
+    """`count` replicas, started together (loading overlaps) and each SERVING when this returns.
+
+    With `hosts` (one loopback address each), they all listen on the same port.
+    """
+    shared_port = free_port_on(hosts) if hosts is not None else None
     replicas = []
     try:
         for i in range(count):
-            replica = Replica(free_port(), free_port(), directory / f"mtserve-{i + 1}.log")
+            host = hosts[i] if hosts is not None else "127.0.0.1"
+            replica = Replica(shared_port or free_port(), free_port(), directory / f"mtserve-{i + 1}.log", host)
             replica.start()
             replicas.append(replica)
         for replica in replicas:
@@ -168,22 +192,111 @@ def start_replicas(count: int, directory: Path) -> list[Replica]:
     return replicas
 
 
+# -- DNS ------------------------------------------------------------------------------------------------
+
+
+class DnsServer:
+    """A DNS server on 127.0.0.1 (UDP) that answers A queries from `records`, as Docker's embedded DNS does.
+
+    `records` maps a name to its addresses and may change while it runs (a replica stops: its address
+    goes); a name it lacks gets NXDOMAIN, any other query type an empty answer. Just enough of RFC 1035
+    for a resolver such as nginx's, not a general server.
+    """
+
+    def __init__(self, records: dict[str, list[str]]) -> None:
+        self.records = records
+        self.queries: list[str] = []
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = int(self.socket.getsockname()[1])
+        self._thread = threading.Thread(target=self._serve, name="dns", daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                query, client = self.socket.recvfrom(512)
+            except OSError:  # closed
+                return
+            reply = self.answer(query)
+            if reply is not None:
+                self.socket.sendto(reply, client)
+
+    def answer(self, query: bytes) -> bytes | None:
+        if len(query) < 12:
+            return None
+        labels, at = [], 12
+        while at < len(query) and query[at] != 0:
+            length = query[at]
+            labels.append(query[at + 1:at + 1 + length].decode("ascii", "replace").lower())
+            at += 1 + length
+        question_end = at + 5  # the zero byte, QTYPE, QCLASS
+        if question_end > len(query):
+            return None
+        name = ".".join(labels)
+        qtype = struct.unpack(">H", query[at + 1:at + 3])[0]
+        self.queries.append(name)
+        addresses = self.records.get(name)
+        rcode = 3 if addresses is None else 0  # NXDOMAIN
+        answers = [a for a in (addresses or []) if qtype == 1]  # type A
+        # QR (a response), the query's RD, RA; one question, the answers; no authority, no additional.
+        flags = 0x8080 | (query[2] & 0x01) << 8 | rcode
+        header = query[:2] + struct.pack(">HHHHH", flags, 1, len(answers), 0, 0)
+        # Each answer names the question by a pointer to offset 12; class IN, a TTL of 1 s, 4 bytes.
+        records = b"".join(struct.pack(">HHHIH", 0xC00C, 1, 1, 1, 4) + socket.inet_aton(a) for a in answers)
+        return header + query[12:question_end] + records
+
+    def close(self) -> None:
+        self.socket.close()
+        self._thread.join(5)
+
+
 # -- nginx ----------------------------------------------------------------------------------------------
 
 #: The one change the tests make to deploy/nginx/mtserve.conf: its listen port.
 NGINX_LISTEN = re.compile(r"(?m)^(\s*listen\s+)50051(\s+http2\s*;)")
 
 
+def static_replicas(addresses: Iterable[str]) -> str:
+    """deploy/nginx/replicas-static.conf with its example servers replaced by `addresses` (same parameters)."""
+    shipped = (DEPLOY / "nginx" / "replicas-static.conf").read_text()
+    servers = re.findall(r"^(\s*server\s+)\S+(.*;)$", shipped, re.M)
+    assert len(set(servers)) == 1, f"the shipped servers differ in more than their address: {servers}"
+    indent, parameters = servers[0]
+    lines = "".join(f"{indent}{address}{parameters}\n" for address in addresses)
+    text, replaced = re.subn(r"(?m)(^\s*server\s+\S+.*;\n)+", lambda _: lines, shipped)
+    assert replaced == 1, "replicas-static.conf must list its servers together"
+    return text
+
+
+def dns_replicas(resolver: str, port: int) -> str:
+    """deploy/nginx/replicas-dns.conf asking `resolver` (host:port) instead of Docker's DNS, for replicas on
+    `port`: the two values the compose stack fixes, and nothing else changed."""
+    shipped = (DEPLOY / "nginx" / "replicas-dns.conf").read_text()
+    text, resolvers = re.subn(r"(?m)^(resolver\s+)127\.0\.0\.11(\s)", rf"\g<1>{resolver}\g<2>", shipped)
+    text, names = re.subn(r"(?m)^(\s*default\s+)mtserve-replicas:50051;", rf"\g<1>{REPLICAS_NAME}:{port};", text)
+    assert resolvers == 1 and names == 1, "replicas-dns.conf: expected `resolver 127.0.0.11` and one default"
+    return text
+
+
+#: The name the compose stack gives every replica (a network alias) and replicas-dns.conf resolves.
+REPLICAS_NAME = "mtserve-replicas"
+
+
 class Nginx:
-    """The real nginx binary with deploy/nginx/mtserve.conf, the given upstream servers and a free port.
+    """The real nginx binary with deploy/nginx/mtserve.conf, the given replicas file and a free port.
 
     Everything lives under `root`: a main config that includes mtserve.conf (as the stock nginx image's
     main config includes conf.d/*.conf), pid, logs and temp dirs, so the system's nginx (service or not)
-    is never involved. `upstream_lines` become mtserve-upstream.conf, next to the main config, where the
-    compose stack mounts its own.
+    is never involved. `replicas` (see static_replicas, dns_replicas) becomes mtserve-replicas.conf, next to
+    the main config, where the compose stack mounts its own.
     """
 
-    def __init__(self, binary: str, root: Path, upstream_lines: Iterable[str]) -> None:
+    def __init__(self, binary: str, root: Path, replicas: str) -> None:
         self.binary = binary
         self.root = root
         self.port = free_port()
@@ -196,7 +309,7 @@ class Nginx:
                                            (DEPLOY / "nginx" / "mtserve.conf").read_text())
         assert replaced == 1, "deploy/nginx/mtserve.conf must have exactly one `listen 50051 http2;`"
         (self.conf_dir / "mtserve.conf").write_text(site)
-        (self.conf_dir / "mtserve-upstream.conf").write_text("".join(f"{line}\n" for line in upstream_lines))
+        (self.conf_dir / "mtserve-replicas.conf").write_text(replicas)
         # The master runs as whoever runs the tests; as root its workers would drop to `nobody`, who
         # cannot enter pytest's 0700 temp dirs.
         user = "user root;\n" if os.geteuid() == 0 else ""

@@ -5,7 +5,7 @@ A tool that is missing skips its tests locally and fails them under CI=true, whe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,12 +25,12 @@ def nginx_binary() -> str:
 
 
 @pytest.fixture()
-def start_nginx(nginx_binary: str, tmp_path: Path) -> Iterator[Callable[[Iterable[str]], Nginx]]:
-    """start(upstream_lines) -> a running nginx with deploy/nginx/mtserve.conf; stopped after the test."""
+def start_nginx(nginx_binary: str, tmp_path: Path) -> Iterator[Callable[[str], Nginx]]:
+    """start(replicas_conf) -> a running nginx with deploy/nginx/mtserve.conf; stopped after the test."""
     started: list[Nginx] = []
 
-    def start(upstream_lines: Iterable[str]) -> Nginx:
-        nginx = Nginx(nginx_binary, tmp_path / f"nginx-{len(started)}", upstream_lines)
+    def start(replicas: str) -> Nginx:
+        nginx = Nginx(nginx_binary, tmp_path / f"nginx-{len(started)}", replicas)
         started.append(nginx)
         nginx.start()
         return nginx

@@ -1,0 +1,32 @@
+"""grpc.health.v1 with every method of the current health.proto: Check, Watch and List.
+
+grpcio-health-checking's servicer leaves List unimplemented (each call then logs a traceback and
+answers UNIMPLEMENTED); here it answers with every service's status, as the proto describes: the
+overall status (""), the service's, and each model's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grpc_health.v1 import health, health_pb2
+
+
+class HealthService(health.aio.HealthServicer):
+    def __init__(self) -> None:
+        super().__init__()
+        self._statuses: dict[str, int] = {"": health_pb2.HealthCheckResponse.SERVING}
+
+    async def set(self, service: str, status: Any) -> None:
+        if not self._gracefully_shutting_down:
+            self._statuses[service] = status
+        await super().set(service, status)
+
+    async def enter_graceful_shutdown(self) -> None:
+        self._statuses = dict.fromkeys(self._statuses, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await super().enter_graceful_shutdown()
+
+    async def List(self, request: Any, context: Any) -> Any:
+        return health_pb2.HealthListResponse(statuses={
+            service: health_pb2.HealthCheckResponse(status=status) for service, status in self._statuses.items()
+        })
