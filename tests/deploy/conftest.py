@@ -38,3 +38,17 @@ def start_nginx(nginx_binary: str, tmp_path: Path) -> Iterator[Callable[[str], N
     yield start
     for nginx in started:
         nginx.stop()
+
+
+_IMAGE_REPORT: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def image_report() -> dict[str, str]:
+    """image tag -> what to say about it in the summary (size, build time)."""
+    return _IMAGE_REPORT
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for tag, what in _IMAGE_REPORT.items():
+        terminalreporter.write_line(f"image {tag}: {what}")

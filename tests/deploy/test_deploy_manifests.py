@@ -2,18 +2,36 @@
 make is one the server has (read by the server's own parser), and the ports, probes, drain times and names
 that must agree across files do.
 
-No Docker or Kubernetes here: these check the files, not a running cluster or image.
+The Kubernetes objects are the rendered overlays (`kubectl kustomize`), validated against Kubernetes' schemas
+(kubernetes-validate) and, for the ServiceMonitor, the Prometheus Operator's. No cluster runs here: these
+check what a user would apply, not a running cluster (the image runs in test_deploy_image.py).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
-from _deploy_support import DEPLOY, REPO, dockerfile_instructions, healthcheck_command, serve_config
+from _deploy_support import (
+    DEPLOY,
+    REPO,
+    declared_metrics,
+    dockerfile_instructions,
+    healthcheck_command,
+    promql_metric_names,
+    promtool_check_expressions,
+    require_tool,
+    run,
+    serve_config,
+)
 
 from mtserve.proto.api import SERVICE_NAME
 from mtserve.server.config import ServerConfig
@@ -26,17 +44,27 @@ else:  # pragma: no cover - Python 3.10
 K8S = DEPLOY / "k8s"
 
 
-def k8s_objects() -> list[dict[str, Any]]:
-    objects = []
-    for path in sorted(K8S.glob("*.yaml")):
-        objects += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    return objects
+OVERLAYS = ("cpu", "gpu")
 
 
-def k8s_object(kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [o for o in k8s_objects() if o["kind"] == kind and name in (None, o["metadata"]["name"])]
-    assert len(found) == 1, f"expected one {kind} {name or ''} in deploy/k8s, found {len(found)}"
+@functools.cache
+def k8s_objects(overlay: str) -> list[dict[str, Any]]:
+    """`kubectl kustomize deploy/k8s/overlays/<overlay>`: the objects a user applies."""
+    kubectl = require_tool("kubectl", "kubectl")
+    rendered = run([kubectl, "kustomize", str(K8S / "overlays" / overlay)])
+    assert rendered.returncode == 0, rendered.stderr
+    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+
+
+def k8s_object(overlay: str, kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [o for o in k8s_objects(overlay) if o["kind"] == kind and name in (None, o["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''} in overlay {overlay}, found {len(found)}"
     return found[0]
+
+
+@pytest.fixture(params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def compose() -> dict[str, Any]:
@@ -73,45 +101,45 @@ def test_serve_config_refuses_unknown_settings() -> None:
 # -- Kubernetes -------------------------------------------------------------------------------------------
 
 
-def container() -> dict[str, Any]:
-    (mtserve,) = k8s_object("Deployment", "mtserve")["spec"]["template"]["spec"]["containers"]
+def container(overlay: str) -> dict[str, Any]:
+    (mtserve,) = k8s_object(overlay, "Deployment", "mtserve")["spec"]["template"]["spec"]["containers"]
     return mtserve
 
 
-def container_config() -> ServerConfig:
-    c = container()
+def container_config(overlay: str) -> ServerConfig:
+    c = container(overlay)
     env = {}
     for variable in c.get("env", []):
         assert "value" in variable, f"{variable['name']}: literal values only, so that they can be checked"
         env[variable["name"]] = variable["value"]
-    return serve_config(c.get("args", []), env, "deploy/k8s Deployment")
+    return serve_config(c.get("args", []), env, f"deploy/k8s/overlays/{overlay} Deployment")
 
 
-def test_k8s_objects() -> None:
-    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in k8s_objects())
-    assert kinds == [("Deployment", "mtserve"), ("PodDisruptionBudget", "mtserve"), ("Service", "mtserve"),
-                     ("Service", "mtserve-headless")]
-    for o in k8s_objects():
-        assert o["apiVersion"] == {"Deployment": "apps/v1", "Service": "v1", "PodDisruptionBudget": "policy/v1"}[
-            o["kind"]
-        ]
+def test_k8s_objects(overlay: str) -> None:
+    api_versions = {"Deployment": "apps/v1", "Service": "v1", "PodDisruptionBudget": "policy/v1",
+                    "HorizontalPodAutoscaler": "autoscaling/v2", "NetworkPolicy": "networking.k8s.io/v1",
+                    "ServiceMonitor": "monitoring.coreos.com/v1"}
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in k8s_objects(overlay))
+    assert kinds == sorted([(kind, "mtserve") for kind in api_versions] + [("Service", "mtserve-headless")])
+    for o in k8s_objects(overlay):
+        assert o["apiVersion"] == api_versions[o["kind"]]
 
 
-def test_k8s_settings_are_real_mtserve_settings() -> None:
-    config = container_config()
+def test_k8s_settings_are_real_mtserve_settings(overlay: str) -> None:
+    config = container_config(overlay)
     # Settings come from the environment, which the image's `mtserve serve` reads.
-    assert all(v["name"].startswith("MTSERVE_") for v in container()["env"])
-    assert "command" not in container(), "keep the image's ENTRYPOINT (mtserve serve)"
+    assert all(v["name"].startswith("MTSERVE_") for v in container(overlay)["env"])
+    assert "command" not in container(overlay), "keep the image's ENTRYPOINT (mtserve serve)"
     # torch threads must not exceed the CPU the pod asks for.
-    cpu = container()["resources"]["requests"]["cpu"]
+    cpu = container(overlay)["resources"]["requests"]["cpu"]
     cores = float(cpu[:-1]) / 1000 if str(cpu).endswith("m") else float(cpu)
     assert config.threads is not None and config.threads <= max(1, cores), (config.threads, cpu)
-    assert container()["resources"]["limits"].get("memory"), "a memory limit bounds a runaway replica"
+    assert container(overlay)["resources"]["limits"].get("memory"), "a memory limit bounds a runaway replica"
 
 
-def test_k8s_ports_and_probes_match_the_server() -> None:
-    config = container_config()
-    c = container()
+def test_k8s_ports_and_probes_match_the_server(overlay: str) -> None:
+    config = container_config(overlay)
+    c = container(overlay)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"grpc": config.port, "metrics": config.metrics_port}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -120,16 +148,16 @@ def test_k8s_ports_and_probes_match_the_server() -> None:
         assert grpc_probe["port"] == config.port, probe
         # The services the server reports health for: "" (the server) and the translation service.
         assert grpc_probe.get("service", "") in ("", SERVICE_NAME), probe
-    annotations = k8s_object("Deployment", "mtserve")["spec"]["template"]["metadata"]["annotations"]
+    annotations = k8s_object(overlay, "Deployment", "mtserve")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == config.metrics_port
     assert annotations["prometheus.io/path"] == "/metrics"
 
 
-def test_k8s_termination_leaves_time_for_the_drain() -> None:
-    config = container_config()
-    pod = k8s_object("Deployment", "mtserve")["spec"]["template"]["spec"]
-    command = container()["lifecycle"]["preStop"]["exec"]["command"]
+def test_k8s_termination_leaves_time_for_the_drain(overlay: str) -> None:
+    config = container_config(overlay)
+    pod = k8s_object(overlay, "Deployment", "mtserve")["spec"]["template"]["spec"]
+    command = container(overlay)["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep" and len(command) == 2, command
     pre_stop = float(command[1])
     assert pre_stop > 0
@@ -139,28 +167,28 @@ def test_k8s_termination_leaves_time_for_the_drain() -> None:
         pod["terminationGracePeriodSeconds"], pre_stop, config.grace_seconds)
 
 
-def test_k8s_services_and_budget_select_the_pods() -> None:
-    deployment = k8s_object("Deployment", "mtserve")
+def test_k8s_services_and_budget_select_the_pods(overlay: str) -> None:
+    deployment = k8s_object(overlay, "Deployment", "mtserve")
     assert deployment["spec"]["replicas"] == 2
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    port_names = {p["name"] for p in container()["ports"]}
-    headless = k8s_object("Service", "mtserve-headless")
+    port_names = {p["name"] for p in container(overlay)["ports"]}
+    headless = k8s_object(overlay, "Service", "mtserve-headless")
     assert headless["spec"]["clusterIP"] == "None"  # DNS returns every pod: client-side round_robin
-    regular = k8s_object("Service", "mtserve")
+    regular = k8s_object(overlay, "Service", "mtserve")
     assert regular["spec"].get("clusterIP") != "None"
     for service in (headless, regular):
         assert service["spec"]["selector"].items() <= pod_labels.items()
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in port_names, port
-    assert [p["port"] for p in headless["spec"]["ports"]] == [container_config().port]
-    budget = k8s_object("PodDisruptionBudget", "mtserve")
+    assert [p["port"] for p in headless["spec"]["ports"]] == [container_config(overlay).port]
+    budget = k8s_object(overlay, "PodDisruptionBudget", "mtserve")
     assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert 1 <= budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
 
 
-def test_k8s_runs_as_the_image_user() -> None:
-    pod = k8s_object("Deployment", "mtserve")["spec"]["template"]["spec"]
+def test_k8s_runs_as_the_image_user(overlay: str) -> None:
+    pod = k8s_object(overlay, "Deployment", "mtserve")["spec"]["template"]["spec"]
     users = [args for keyword, args in dockerfile_instructions() if keyword == "USER"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     user, group = users[-1].split(":")
@@ -169,6 +197,109 @@ def test_k8s_runs_as_the_image_user() -> None:
     # The image's user really is in that group (useradd --system alone would pick a gid below 1000).
     (run_user,) = [a for k, a in dockerfile_instructions() if k == "RUN" and "useradd" in a]
     assert f"groupadd --system --gid {group}" in run_user and f"--uid {user} --gid {group}" in run_user
+
+
+def test_k8s_overlays_are_valid_kubernetes(overlay: str, js_clients: Any) -> None:
+    """Every rendered object against Kubernetes' own OpenAPI schemas, strictly (unknown fields refused), from
+    1.28 to the newest kubernetes-validate knows; the ServiceMonitor (a CRD) against the Prometheus
+    Operator's schema (@kubernetes-models/prometheus-operator)."""
+    versions = ["1.28.0", "1.31.0", "1.34.0", kubernetes_validate.latest_version()]
+    for o in k8s_objects(overlay):
+        if o["kind"] == "ServiceMonitor":
+            assert js_clients("servicemonitor", json.dumps(o)) == {"valid": True}
+            continue
+        for version in versions:
+            kubernetes_validate.validate(o, version, strict=True)
+
+
+def test_a_broken_object_fails_validation(js_clients: Any) -> None:
+    """The validators above can fail."""
+    deployment = copy.deepcopy(k8s_object("cpu", "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["prots"] = []
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
+    monitor = copy.deepcopy(k8s_object("cpu", "ServiceMonitor"))
+    monitor["spec"]["endpoints"][0]["port"] = 9090
+    assert js_clients("servicemonitor", json.dumps(monitor))["valid"] is False
+
+
+def test_k8s_gpu_overlay_asks_for_a_gpu_on_gpu_nodes(overlay: str) -> None:
+    config = container_config(overlay)
+    pod = k8s_object(overlay, "Deployment")["spec"]["template"]["spec"]
+    limits = container(overlay)["resources"]["limits"]
+    image = container(overlay)["image"]
+    if overlay == "gpu":
+        assert config.device == "cuda" and config.dtype == "float16"
+        assert limits["nvidia.com/gpu"] == 1
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+        assert image.endswith(":cuda")
+    else:
+        assert config.device == "cpu"
+        assert "nvidia.com/gpu" not in limits and "nodeSelector" not in pod and "tolerations" not in pod
+        assert image.endswith(":cpu")
+
+
+def adapter_rules() -> list[dict[str, Any]]:
+    return yaml.safe_load((K8S / "prometheus-adapter" / "config.yaml").read_text())["rules"]
+
+
+def test_k8s_autoscaler_scales_on_waiting_texts_per_pod(overlay: str, promtool: str, tmp_path: Path) -> None:
+    config = container_config(overlay)
+    hpa = k8s_object(overlay, "HorizontalPodAutoscaler")["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "mtserve"}
+    budget = k8s_object(overlay, "PodDisruptionBudget")["spec"]
+    assert hpa["minReplicas"] > budget["minAvailable"], "one pod may be disrupted while another serves"
+    assert hpa["maxReplicas"] > hpa["minReplicas"]
+    (metric,) = hpa["metrics"]
+    assert metric["type"] == "Pods"
+    # A quarter of the replica's batch, on average per pod (see hpa.yaml).
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": str(config.max_batch_rows // 4)}
+    # prometheus-adapter serves that name, from a series the server exports, per namespace and pod.
+    (rule,) = [r for r in adapter_rules() if r["name"]["as"] == metric["pods"]["metric"]["name"]]
+    (series,) = promql_metric_names(rule["seriesQuery"])
+    assert series in declared_metrics(), series
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+    assert re.fullmatch(rule["name"]["matches"], series)
+    # The query the adapter runs, with its template filled as it fills it, parses in Prometheus.
+    query = (rule["metricsQuery"].replace("<<.Series>>", series)
+             .replace("<<.LabelMatchers>>", 'namespace="default",pod=~"mtserve-a|mtserve-b"')
+             .replace("<<.GroupBy>>", "pod"))
+    checked = promtool_check_expressions(promtool, {"adapter": query}, tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_k8s_service_monitor_scrapes_each_pod_once_as_job_mtserve(overlay: str) -> None:
+    monitor = k8s_object(overlay, "ServiceMonitor")["spec"]
+    config = container_config(overlay)
+    services = [o for o in k8s_objects(overlay) if o["kind"] == "Service"
+                and monitor["selector"]["matchLabels"].items() <= o["metadata"]["labels"].items()]
+    (endpoint,) = monitor["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    # Only one selected Service has the port: one target per pod, whose job is that Service's name.
+    with_port = [s for s in services if endpoint["port"] in {p["name"] for p in s["spec"]["ports"]}]
+    assert [s["metadata"]["name"] for s in with_port] == ["mtserve"]
+    (port,) = [p for p in with_port[0]["spec"]["ports"] if p["name"] == endpoint["port"]]
+    container_ports = {p["name"]: p["containerPort"] for p in container(overlay)["ports"]}
+    assert container_ports[port["targetPort"]] == config.metrics_port
+    alerts = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    assert 'job="mtserve"' in alerts
+
+
+def test_k8s_network_policy_opens_grpc_and_metrics_only(overlay: str) -> None:
+    policy = k8s_object(overlay, "NetworkPolicy")["spec"]
+    pod_labels = k8s_object(overlay, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"] and policy["egress"] == []
+    container_ports = {p["name"] for p in container(overlay)["ports"]}
+    opened = {}
+    for rule in policy["ingress"]:
+        for port in rule["ports"]:
+            assert port["port"] in container_ports, port
+            opened[port["port"]] = rule.get("from")
+    assert opened.keys() == {"grpc", "metrics"}
+    assert opened["grpc"] is None  # any client, and kubelet's probes
+    assert opened["metrics"], "metrics: Prometheus only"
 
 
 # -- docker compose ---------------------------------------------------------------------------------------

@@ -9,11 +9,13 @@ the last ones stop the replicas (failover, nginx restarted while one is down, th
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -87,10 +89,11 @@ def grpcurl_call(target: str, method: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("kind", ["static", "dns"])
-def test_health_service_passes_through(proxies: dict[str, Nginx], kind: str) -> None:
+def test_health_service_passes_through(proxies: dict[str, Nginx], kind: str, js_clients: Any) -> None:
     with client(proxies[kind].address) as c:
         assert c.health() == "SERVING"
         assert c.health(SERVICE_NAME) == "SERVING"
+    assert js_clients("health", proxies[kind].address, SERVICE_NAME) == {"status": "SERVING"}
 
 
 @pytest.mark.parametrize("kind", ["static", "dns"])
@@ -205,7 +208,7 @@ def test_nginx_starts_before_any_replica_and_finds_it_by_name(replicas: list[Rep
         dns.records[REPLICAS_NAME] = [survivor.host]
 
 
-def test_unavailable_without_replicas(proxies: dict[str, Nginx], replicas: list[Replica]) -> None:
+def test_unavailable_without_replicas(proxies: dict[str, Nginx], replicas: list[Replica], js_clients: Any) -> None:
     survivor = replicas[1]
     assert survivor.terminate() == 0
     message = nginx_directive_value("add_header", "grpc-message")
@@ -221,6 +224,9 @@ def test_unavailable_without_replicas(proxies: dict[str, Nginx], replicas: list[
         # grpc-go reads it too (it rejected the 204 this reply used to be).
         code, output = grpcurl_call(nginx.address, f"{SERVICE_NAME}/ListModels")
         assert code != 0 and "Code: Unavailable" in output and message in output, output
+        # And grpc-js.
+        reply = js_clients("translate", nginx.address, json.dumps({"texts": TEXTS[:1]}))
+        assert reply == {"code": grpc.StatusCode.UNAVAILABLE.value[0], "details": message}, reply
 
 
 def test_error_reply_is_a_grpc_trailers_only_response(

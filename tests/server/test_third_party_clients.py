@@ -88,3 +88,24 @@ def test_health_list_gives_every_status(server: Any, channel: grpc.Channel) -> N
     listed = grpcurl(server, "grpc.health.v1.Health/List")
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)["statuses"][SERVICE_NAME] == {"status": "SERVING"}
+
+
+# -- grpc-js (Node.js), with grpc-health-check's service definition -------------------------------------
+
+
+def test_grpc_js_reads_health(server: Any, js_clients: Any) -> None:
+    assert js_clients("health", server.address) == {"status": "SERVING"}
+    assert js_clients("health", server.address, SERVICE_NAME) == {"status": "SERVING"}
+    assert js_clients("health", server.address, "no.such.Service")["code"] == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+def test_grpc_js_translates_as_the_python_client(server: Any, js_clients: Any) -> None:
+    texts = ["The cat eats an apple today.", "Mary sees three books."]
+    with TranslationClient(server.address) as client:
+        expected = [r.text for r in client.translate(texts, beam_size=2, max_length=16)]
+    request = {"texts": texts, "options": {"beam_size": 2, "max_length": 16}}
+    response = js_clients("translate", server.address, json.dumps(request))
+    assert [r.get("text", "") for r in response["results"]] == expected
+    refused = js_clients("translate", server.address, json.dumps({"texts": ["a."], "options": {"beam_size": 99}}))
+    assert refused["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "options.beam_size" in refused["details"]
