@@ -2,11 +2,13 @@
 # Build deploy/Dockerfile on a machine that reaches Debian's archive and PyPI but no container registry
 # (the CI machine): no base image is pulled and the build itself reaches no index.
 #
-#   deploy/offline/build-image.sh [TAG]          # default tag mtserve:cpu
+#   deploy/offline/build-image.sh [TAG]                          # default tag mtserve:cpu
+#   TORCH_VERSION=2.14.1 deploy/offline/build-image.sh mtserve:cuda  # the CUDA variant, same Dockerfile
 #
 # 1. A Debian 12 base with Python 3.11 (the Python of the local torch 2.13.0 wheel), made by debootstrap
 #    and `docker import`ed as $BASE_IMAGE. Its rootfs tarball is cached.
-# 2. A wheelhouse: torch==2.13.0 (the CPU wheel) and every dependency of the project and its build
+# 2. A wheelhouse: torch==$TORCH_VERSION (2.13.0: the local CPU wheel; 2.14.1: the local CUDA build, whose
+#    nvidia-* wheels come with it) and every dependency of the project and its build
 #    (setuptools), from `pip download` with this machine's pip settings; cached, refreshed each run.
 # 3. The wheelhouse served as a PEP 503 index on 127.0.0.1 and the project's own Dockerfile built with
 #    BuildKit and `--network host` (the build's RUN steps reach that index), PYTHON_IMAGE, TORCH_INDEX_URL
@@ -21,6 +23,7 @@ cache=${MTSERVE_BUILD_CACHE:-$repo/.ci/cache/image}
 base_image=${BASE_IMAGE:-mtserve-base:bookworm-python3.11}
 suite=bookworm
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+torch_version=${TORCH_VERSION:-2.13.0}
 mkdir -p "$cache"
 
 if [ -z "${DOCKER:-}" ]; then
@@ -48,10 +51,10 @@ if ! "$DOCKER" image inspect "$base_image" >/dev/null 2>&1; then
 fi
 
 # -- 2. the wheelhouse ---------------------------------------------------------------------------------
-wheels="$cache/wheels"
+wheels="$cache/wheels-torch-$torch_version"
 mkdir -p "$wheels"
 # torch pinned first: an unpinned one would resolve to a CUDA build of several GB.
-python3 -m pip download -q --disable-pip-version-check -d "$wheels" torch==2.13.0 "$repo" "setuptools>=69" >&2
+python3 -m pip download -q --disable-pip-version-check -d "$wheels" "torch==$torch_version" "$repo" "setuptools>=69" >&2
 index="$cache/index"
 rm -rf "$index" && mkdir -p "$index/simple"
 python3 - "$wheels" "$index" <<'PY'
@@ -84,6 +87,7 @@ done
 # -- 3. the project's Dockerfile -----------------------------------------------------------------------
 "$DOCKER" build --network host -f "$repo/deploy/Dockerfile" -t "$tag" \
     --build-arg PYTHON_IMAGE="$base_image" \
+    --build-arg TORCH_VERSION="$torch_version" \
     --build-arg TORCH_INDEX_URL="http://127.0.0.1:$port/simple" \
     --build-arg PIP_INDEX_URL="http://127.0.0.1:$port/simple" \
     "$repo" >&2

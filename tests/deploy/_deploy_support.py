@@ -36,6 +36,8 @@ from mtserve.server.metrics import Metrics, code_label
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
+#: The debootstrap base deploy/offline/build-image.sh makes (and the stand-in images of tests/deploy/images).
+BASE_IMAGE = "mtserve-base:bookworm-python3.11"
 #: Seconds a replica may take to load the bundled model and report SERVING (one free core, shared).
 STARTUP_SECONDS = 120.0
 
@@ -106,12 +108,15 @@ class Replica:
     log_path: Path
     #: A loopback address: 127.0.0.2 and 127.0.0.3 let two replicas share one port, as behind one DNS name.
     host: str = "127.0.0.1"
+    #: More `mtserve serve` flags (small limits, to provoke rejections).
+    extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] = field(init=False)
 
     def start(self) -> None:
         command = [
             sys.executable, "-m", "mtserve.server.cli", "serve", "--host", self.host, "--port", str(self.port),
             "--metrics-port", str(self.metrics_port), "--device", "cpu", "--threads", "1", "--grace-seconds", "5",
+            *self.extra_args,
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -16,30 +16,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from _deploy_support import REPO, docker_cli, run, wait_until
+from _deploy_support import docker_cli, run, wait_until
 
 from mtserve.client import TranslationClient
 from mtserve.engine import Translator
 
-IMAGE = "mtserve:ci-test"
 TEXTS = ["Guten Morgen!", "Wie spät ist es?", "Das Haus ist groß."]
 #: The pod's security settings as docker flags (deploy/k8s/base/deployment.yaml).
 POD_FLAGS = [
     "--user", "10001:10001", "--read-only", "--tmpfs", "/tmp", "--tmpfs", "/home/mtserve:uid=10001,gid=10001",
     "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def image(image_report: dict[str, str]) -> str:
-    docker = docker_cli()
-    started = time.monotonic()
-    built = run([str(REPO / "deploy" / "offline" / "build-image.sh"), IMAGE], timeout=1800)
-    assert built.returncode == 0, built.stderr[-6000:]
-    seconds = time.monotonic() - started
-    size = int(run([docker, "image", "inspect", "-f", "{{.Size}}", IMAGE]).stdout)
-    image_report[IMAGE] = f"{size / 1e9:.2f} GB, built in {seconds:.0f} s (deploy/offline/build-image.sh)"
-    return IMAGE
 
 
 @dataclass

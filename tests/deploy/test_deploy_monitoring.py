@@ -21,6 +21,7 @@ from _deploy_support import (
     promtool_check_expressions,
     run,
 )
+from _js import js_modules
 
 PROMETHEUS = DEPLOY / "prometheus"
 GRAFANA = DEPLOY / "grafana"
@@ -220,3 +221,41 @@ def test_dashboard_is_provisioned_with_its_datasource() -> None:
     host_port = re.fullmatch(r"http://([\w.-]+):(\d+)", source["url"])
     assert host_port and host_port.group(1) in compose["services"], source["url"]
     assert host_port.group(2) == "9090"  # Prometheus' port inside its container
+
+
+# The dashboard as a TypeScript value of Grafana's published Dashboard type (@grafana/schema): unknown
+# properties and wrong types fail `tsc`. The schema's string enums are taken as their values, as JSON has them.
+_DASHBOARD_TS = """import type { Dashboard } from "@grafana/schema";
+
+type Literal<T> = T extends string ? `${T}`
+  : T extends readonly (infer E)[] ? Literal<E>[]
+  : T extends object ? { [K in keyof T]: Literal<T[K]> }
+  : T;
+
+export const dashboard: Literal<Dashboard> = DASHBOARD;
+"""
+
+
+def grafana_schema_errors(dashboard: dict[str, Any], directory: Path) -> str:
+    """tsc's complaints about `dashboard` against @grafana/schema's Dashboard ("" when there are none)."""
+    _, modules = js_modules()
+    (directory / "node_modules").symlink_to(modules)
+    (directory / "dashboard.ts").write_text(_DASHBOARD_TS.replace("DASHBOARD", json.dumps(dashboard, indent=2)))
+    (directory / "tsconfig.json").write_text(json.dumps({
+        "compilerOptions": {"strict": True, "noEmit": True, "module": "nodenext", "moduleResolution": "nodenext",
+                            "target": "es2022", "skipLibCheck": True, "types": []},
+        "files": ["dashboard.ts"]}))  # fmt: skip
+    checked = run([str(modules / ".bin" / "tsc"), "-p", str(directory / "tsconfig.json")], timeout=120)
+    return (checked.stdout + checked.stderr).strip() if checked.returncode else ""
+
+
+def test_dashboard_matches_grafanas_published_schema(tmp_path: Path) -> None:
+    assert grafana_schema_errors(dashboard(), tmp_path) == ""
+
+
+def test_grafana_schema_check_can_fail(tmp_path: Path) -> None:
+    broken = dashboard()
+    broken["templating"]["list"][0]["definition"] = "label_values(up, job)"  # not in the schema
+    broken["panels"][0]["gridPos"]["w"] = "wide"
+    errors = grafana_schema_errors(broken, tmp_path)
+    assert "'\"definition\"' does not exist" in errors and "not assignable to type 'number'" in errors, errors
