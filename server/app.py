@@ -20,6 +20,7 @@ from .auth import TokenFile, TokenFileError
 from .config import ServerConfig, configure_logging, render_config
 from .guards import AuthInterceptor, WellFormedInterceptor
 from .health import HealthService
+from .http.app import HttpServer, build_app
 from .interceptors import MetricsInterceptor
 from .metrics import Metrics, MetricsServer, start_metrics_server
 from .reflection import enable_reflection
@@ -30,6 +31,9 @@ from .tls import ServerCertificates, TLSConfigError
 log = logging.getLogger(__name__)
 
 
+_PORT_FLAGS = {"gRPC": "port", "metrics": "metrics-port", "HTTP": "http-port"}
+
+
 class PortInUseError(OSError):
     """A port this server needs cannot be bound (another process holds it, or the address is wrong)."""
 
@@ -37,7 +41,7 @@ class PortInUseError(OSError):
         why = f": {cause.strerror}" if cause is not None and cause.strerror else ""
         super().__init__(
             f"cannot listen on the {which} port {port} of {host}{why}; is another mtserve (or another program) "
-            f"using it? Choose another with --{'port' if which == 'gRPC' else 'metrics-port'}"
+            f"using it? Choose another with --{_PORT_FLAGS[which]}"
         )
 
 
@@ -82,6 +86,11 @@ class MtserveServer:
             enable_reflection([SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], self.grpc)
         self.port = 0
         self.metrics_server: MetricsServer | None = None
+        self.http: HttpServer | None = None
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
 
     @property
     def metrics_port(self) -> int | None:
@@ -120,10 +129,17 @@ class MtserveServer:
                                                            config.metrics_host)
             except OSError as exc:
                 raise PortInUseError("metrics", config.metrics_host, config.metrics_port, exc) from None
-        log.info("gRPC on %s:%d (%s%s), metrics on %s; loading models", config.host, self.port,
+        if config.http_port is not None:
+            try:
+                self.http = HttpServer(build_app(self.service, config, self.tokens), config.host, config.http_port)
+            except OSError as exc:
+                raise PortInUseError("HTTP", config.host, config.http_port, exc) from None
+            await self.http.start()
+        log.info("gRPC on %s:%d (%s%s), HTTP on %s, metrics on %s; loading models", config.host, self.port,
                  "mutual TLS" if self.certificates is not None and self.certificates.mutual
                  else "TLS" if self.certificates is not None else "plaintext",
                  f", {len(self.tokens.names)} token(s)" if self.tokens is not None else "",
+                 f"http://{config.host}:{self.http_port}/" if self.http_port is not None else "off",
                  f"http://{config.metrics_host}:{self.metrics_port}/metrics" if self.metrics_port else "off")
         await asyncio.get_running_loop().run_in_executor(None, self.registry.load)
         await self._set_health(_SERVING)
@@ -177,6 +193,9 @@ class MtserveServer:
 
     async def close(self) -> None:
         """Release everything (also after a failed start, when there is nothing to drain)."""
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
         await self.grpc.stop(0)
         self.registry.stop()
         self.service.close()

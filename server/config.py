@@ -62,6 +62,8 @@ class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 50051  # 0: any free port
     metrics_port: int | None = 9090  # 0: any free port; None: no /metrics endpoint
+    # The HTTP API (LibreTranslate's endpoints, JSON, the translation page) on `host`; None: off.
+    http_port: int | None = None
     # The metrics endpoint's own address: loopback unless an operator opens it (a Prometheus in another pod).
     metrics_host: str = "127.0.0.1"
     # TLS on the gRPC port: the server's certificate chain and key (PEM files); with tls_client_ca, mutual TLS
@@ -293,6 +295,8 @@ _FLAGS = (
     _Flag("host", str, "address to listen on"),
     _Flag("port", integer, "gRPC port (0: any free port)", "PORT"),
     _Flag("metrics_port", port_or_off, "Prometheus /metrics HTTP port (0: any free port; off: none)", "PORT"),
+    _Flag("http_port", port_or_off, "HTTP port: LibreTranslate's API, a JSON API and a translation page "
+          "(0: any free port; off: none, the default)", "PORT"),
     _Flag("metrics_host", str, "address of the /metrics endpoint (0.0.0.0: every interface)", "HOST"),
     _Flag("tls_cert", str, "TLS: the server's certificate chain (PEM); re-read on SIGHUP", "FILE"),
     _Flag("tls_key", str, "TLS: the server's private key (PEM); re-read on SIGHUP", "FILE"),
@@ -335,6 +339,7 @@ _SHOWN_DEFAULTS = {
     "model": "the bundled model",
     "default_model": "the first --model",
     "threads": "one per core",
+    "http_port": "off",
     "tls_cert": "none (plaintext)",
     "tls_key": "none",
     "tls_client_ca": "none (no client certificates)",

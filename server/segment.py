@@ -1,20 +1,27 @@
-"""Splitting a text that is longer than the model accepts into sentences, and joining the translations back.
+"""Splitting a text into sentences, translating each on its own, and joining the translations back.
 
-A text whose token count fits the model is one segment (most texts). A longer one is split after
-sentence-final punctuation or at line breaks; each sentence is translated on its own (as one request,
-so its pieces decode side by side) and the translations are joined with the original separators.
-A single sentence still longer than the model accepts is an error: the text is never truncated.
+A text whose token count fits the model is one segment (most texts; the offline Translator takes them
+whole too). A longer one is split into sentences (pysbd, with the rules of the source language where
+pysbd has them: German knows "z. B." and "am 15. August", English "Dr." and "e.g."; line breaks end a
+sentence); each sentence becomes its own group of rows in the same batch (they decode side by side, and
+each gives exactly what it gives alone) and the translations are joined with the whitespace that
+followed each sentence in the original. The HTTP API splits every text of several sentences (as
+LibreTranslate does). A single sentence longer than the model accepts is an error: the text is never
+truncated.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
-# A sentence ends at . ! ? … (optionally followed by closing quotes/brackets) before whitespace,
-# or at a line break. The separator (whitespace) is kept so that rejoining restores the layout.
-_BOUNDARY = re.compile(r"(?<=[.!?…])[\"'»”’)\]]*(\s+)|(\n+)")
+import langcodes
+import pysbd
+from pysbd.languages import LANGUAGE_CODES
+
+#: Sentence rules for languages pysbd has none for (its English rules: . ! ? and line breaks).
+FALLBACK_LANGUAGE = "en"
 
 
 @dataclass
@@ -33,31 +40,45 @@ class SentenceTooLongError(ValueError):
         )
 
 
-def split_sentences(text: str) -> list[tuple[str, str]]:
-    """(sentence, separator after it) pairs whose concatenation is `text`."""
+def rules_for(language: str) -> str:
+    """pysbd's language for a model's language code ("de", "deu_Latn", "de_DE"), else the fallback."""
+    try:
+        code = langcodes.get(language.replace("_", "-")).language or ""
+    except (langcodes.tag_parser.LanguageTagError, ValueError):
+        code = ""
+    return code if code in LANGUAGE_CODES else FALLBACK_LANGUAGE
+
+
+@cache
+def _segmenter(language: str) -> pysbd.Segmenter:
+    return pysbd.Segmenter(language=language, clean=False, char_span=True)
+
+
+def split_sentences(text: str, language: str = FALLBACK_LANGUAGE) -> list[tuple[str, str]]:
+    """(sentence, whitespace after it) pairs whose concatenation is `text` without its leading whitespace."""
+    spans = _segmenter(rules_for(language)).segment(text)
     pieces: list[tuple[str, str]] = []
-    start = 0
-    for match in _BOUNDARY.finditer(text):
-        separator_start = match.start(1) if match.group(1) is not None else match.start(2)
-        sentence = text[start:separator_start]
+    for i, span in enumerate(spans):
+        end = spans[i + 1].start if i + 1 < len(spans) else len(text)
+        piece = text[span.start:end]  # from the original: pysbd's own copy may have lost whitespace
+        sentence = piece.rstrip()
         if sentence.strip():
-            pieces.append((sentence, match.group(0)[separator_start - match.start() :]))
-        elif pieces:  # blank run: attach to the previous separator so nothing is lost
-            last, sep = pieces[-1]
-            pieces[-1] = (last, sep + sentence + match.group(0)[separator_start - match.start() :])
-        start = match.end()
-    if text[start:].strip() or not pieces:
-        pieces.append((text[start:], ""))
-    return pieces
+            pieces.append((sentence, piece[len(sentence):]))
+        elif pieces:  # blank: its whitespace belongs to the previous separator
+            pieces[-1] = (pieces[-1][0], pieces[-1][1] + piece)
+    return pieces or [(text.strip(), "")]
 
 
-def segment(text: str, encode: Callable[[str], list[int]], max_tokens: int) -> list[Segment]:
-    """The segments of `text` for a model accepting `max_tokens` source tokens (</s> included)."""
+def segment(text: str, encode: Callable[[str], list[int]], max_tokens: int,
+            language: str = FALLBACK_LANGUAGE) -> list[Segment]:
+    """The segments of `text` (in `language`) for a model accepting `max_tokens` source tokens (</s>
+    included): the whole text when it fits (as the offline Translator and the reference decoders take
+    it), else its sentences."""
     ids = encode(text)
     if len(ids) <= max_tokens:
         return [Segment(ids, "")]
     segments = []
-    for sentence, separator in split_sentences(text):
+    for sentence, separator in split_sentences(text, language):
         sentence_ids = encode(sentence)
         if len(sentence_ids) > max_tokens:
             raise SentenceTooLongError(len(sentence_ids), max_tokens, sentence.strip())

@@ -259,7 +259,8 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
                 continue
             try:
                 segments = segment(text, functools.partial(tokenizer.encode, source_language=pair[0],
-                                                           target_language=pair[1]), model.max_source_length)
+                                                           target_language=pair[1]), model.max_source_length,
+                                   pair[0] or model.source_language)
             except SentenceTooLongError as exc:
                 raise ValidationError(f"texts[{i}]", str(exc)) from None
             for piece in segments:
