@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .common import RESULTS, default_threads, detect_device, git_revision, markdown_table, set_torch_threads, write_json
+from .step import timed
 
 log = logging.getLogger("benchmarks.output_layer")
 
@@ -60,20 +60,9 @@ def build(shape: dict[str, Any], device: str, dtype: str) -> Any:
 
 
 def _median(fn: Callable[[], Any], device: str, steps: int) -> float:
-    import torch
-
-    def once() -> float:
-        if device == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - started
-
     for _ in range(3):
-        once()
-    return statistics.median(once() for _ in range(steps))
+        timed(fn, device)
+    return statistics.median(timed(fn, device) for _ in range(steps))
 
 
 def measure(model: Any, rows: int, subsets: Sequence[float], steps: int, position: int = 16,

@@ -48,7 +48,7 @@ def bandwidth(device: str, megabytes: int = 512, repeats: int = 5) -> float:
     dst = torch.empty_like(src)
     times = []
     for _ in range(repeats + 1):
-        times.append(_timed(lambda: dst.copy_(src), device))
+        times.append(timed(lambda: dst.copy_(src), device))
     return 2 * src.numel() * 4 / statistics.median(times[1:])
 
 
@@ -70,7 +70,8 @@ def step_bytes(config: Any, element_size: int, source_length: int, position: int
     return element_size * (config.decoder_layers * (per_layer + cache) + output)
 
 
-def _timed(fn: Callable[[], Any], device: str) -> float:
+def timed(fn: Callable[[], Any], device: str) -> float:
+    """Seconds `fn` takes, the device's queued work included."""
     import torch
 
     if device == "cuda":
@@ -111,9 +112,9 @@ def measure(model_dir: Path, device: str, source_length: int, position: int, ste
 
         for _ in range(5):
             one_step()
-        model_times = [_timed(one_step, device) for _ in range(steps)]
+        model_times = [timed(one_step, device) for _ in range(steps)]
     # The whole step moves on one position each time; a few positions apart cost the same.
-    full_times = [_timed(core.step, device) for _ in range(steps)]
+    full_times = [timed(core.step, device) for _ in range(steps)]
     return {
         "decode_step": statistics.median(model_times),
         "engine_step": statistics.median(full_times),
