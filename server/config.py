@@ -88,6 +88,8 @@ class ServerConfig:
     max_batch_tokens: int = 8192
     # Texts (sequence groups) waiting per model before calls fail with RESOURCE_EXHAUSTED.
     max_queue: int = 1024
+    # Sentences kept in the translation cache (server/translation_cache.py); 0: no cache.
+    cache_size: int = 0
     max_texts_per_request: int = 128
     max_text_chars: int = 10_000
     # Characters in all texts of one call; checked before anything is tokenized.
@@ -165,6 +167,8 @@ class ServerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.cache_size, bool) or not isinstance(self.cache_size, int) or self.cache_size < 0:
+            raise ValueError(f"cache_size must be an integer >= 0 (0: no cache), got {self.cache_size!r}")
         for name in ("grace_seconds", "keepalive_time_seconds", "keepalive_timeout_seconds",
                      "max_connection_age_seconds", "max_connection_age_grace_seconds",
                      "handshake_timeout_seconds", "idle_connection_seconds"):
@@ -310,6 +314,8 @@ _FLAGS = (
     _Flag("max_batch_rows", integer, "KV-cache rows per model: beams and samples of all running texts", "N"),
     _Flag("max_batch_tokens", integer, "new source tokens admitted per decoding step", "N"),
     _Flag("max_queue", integer, "texts waiting per model before calls fail with RESOURCE_EXHAUSTED", "N"),
+    _Flag("cache_size", integer, "sentences the translation cache keeps (least recently used go first; "
+          "sampling without a seed is never cached; 0: no cache)", "N"),
     _Flag("max_texts_per_request", integer, "most texts in one call", "N"),
     _Flag("max_text_chars", integer, "most characters in one text", "N"),
     _Flag("max_request_chars", integer, "most characters in all texts of one call", "N"),

@@ -52,6 +52,7 @@ from .languages import text_languages
 from .metrics import Metrics
 from .registry import ModelRegistry, ServedModel
 from .segment import Segment, SentenceTooLongError, join, segment
+from .translation_cache import Key, TranslationCache, cacheable
 
 access_log = logging.getLogger("mtserve.access")
 
@@ -129,6 +130,8 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         self._refusals_held: asyncio.Event | None = None
         #: Texts in flight per caller (the event loop's thread only).
         self.in_flight: Counter[str] = Counter()
+        #: Sentences answered from memory (--cache-size), looked up and filled on the event loop's thread.
+        self.cache = TranslationCache(config.cache_size) if config.cache_size else None
         # Large requests are tokenized and split here, so that the event loop keeps answering meanwhile.
         self._prepare_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="mtserve-prepare")
 
@@ -354,10 +357,11 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
 
     async def _run(self, call: _Call, caller: str) -> AsyncIterator[_Text | tuple[_Text, int]]:
         """Yield each text when it is done (and (text, tokens) partial updates when streaming them)."""
-        for text in call.texts:
-            if not text.segments:
-                yield text
         request = call.request
+        keys = self._answer_from_cache(call)
+        for text in call.texts:
+            if text.done:  # empty, or every sentence answered from the cache
+                yield text
         if not request.texts:
             return
         needed, limit = len(request.texts), self.config.max_texts_per_caller or 0
@@ -373,7 +377,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         engine = call.model.engine
         engine.submit(request)
         self.in_flight[caller] += needed
-        remaining = sum(1 for t in call.texts if t.segments)
+        remaining = sum(1 for t in call.texts if not t.done)
         try:
             while remaining:
                 for event in await queue.get():
@@ -388,6 +392,9 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
                         continue
                     if reason in (FinishReason.FINISHED, FinishReason.MAX_LENGTH):
                         text.hypotheses[j] = event.hypotheses
+                        key = keys.get((index, j))
+                        if key is not None and self.cache is not None and event.hypotheses:
+                            self.cache.put(key, event.hypotheses)
                         if text.done:
                             remaining -= 1
                             yield text
@@ -403,6 +410,29 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             self.in_flight[caller] -= needed
             if not self.in_flight[caller]:
                 del self.in_flight[caller]
+
+    def _answer_from_cache(self, call: _Call) -> dict[Any, Key]:
+        """Fill the sentences the cache knows and take them out of the engine's request; the keys of the
+        others, for keeping their results."""
+        if self.cache is None or not cacheable(call.options) or not call.request.texts:
+            return {}
+        keys: dict[Any, Key] = {}
+        misses = []
+        for engine_text in call.request.texts:
+            work = engine_text.work
+            key = TranslationCache.key(call.model.name, call.options, work.forced_prefix, work.source_ids)
+            found = self.cache.get(key)
+            if found is None:
+                keys[engine_text.text_id] = key
+                misses.append(engine_text)
+            else:
+                index, j = engine_text.text_id  # type: ignore[misc]
+                call.texts[index].hypotheses[j] = found
+        hits = len(call.request.texts) - len(misses)
+        call.request.texts = misses
+        if self.metrics is not None:
+            self.metrics.count_cache_lookups(call.model.name, hits, len(misses))
+        return keys
 
     # -- building responses -----------------------------------------------------------------------
 
