@@ -28,7 +28,6 @@ whitespace changes no translation. Decoding drops every special token (language 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ import sentencepiece
 
 from ..languages import LanguageCodes, is_language_code
 from .added_tokens import AddedToken, AddedTokens
+from .files import load_json_object, load_spm
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,8 @@ class FairseqTokenizer:
         """Load the tokenizer of an NLLB/MBart-50 (``model_type`` m2m_100 or mbart with a tokenizer.json or
         an spm alone) or M2M100 (vocab.json) directory; `vocab_size` is the model's embedding rows."""
         path = Path(path)
-        config = _json_object(path / TOKENIZER_CONFIG) if (path / TOKENIZER_CONFIG).is_file() else {}
-        spm = _load_spm(path / SPM_FILE)
+        config = load_json_object(path / TOKENIZER_CONFIG) if (path / TOKENIZER_CONFIG).is_file() else {}
+        spm = load_spm(path / SPM_FILE)
         options = {
             "vocab_size": vocab_size,
             "legacy_behaviour": bool(config.get("legacy_behaviour", False)),
@@ -205,7 +205,7 @@ class FairseqTokenizer:
 
 
 def _from_tokenizer_json(file: Path) -> tuple[dict[str, int], list[tuple[int, AddedToken]]]:
-    data = _json_object(file)
+    data = load_json_object(file)
     model = data.get("model") or {}
     vocab = model.get("vocab")
     if isinstance(vocab, dict):  # BPE: piece → id
@@ -231,7 +231,7 @@ def _listed_specials(path: Path, config: Mapping[str, Any]) -> list[str]:
         if isinstance(config.get(key), list):
             listed += config[key]
     if not listed and (path / SPECIAL_TOKENS_MAP).is_file():
-        listed = list(_json_object(path / SPECIAL_TOKENS_MAP).get("additional_special_tokens") or [])
+        listed = list(load_json_object(path / SPECIAL_TOKENS_MAP).get("additional_special_tokens") or [])
     contents = [str(t["content"]) if isinstance(t, dict) else str(t) for t in listed]
     return list(dict.fromkeys(contents))
 
@@ -241,7 +241,7 @@ def _from_vocab_json(
 ) -> tuple[dict[str, int], list[tuple[int, AddedToken]]]:
     """M2M100: pieces through vocab.json; the codes follow the vocabulary (then Transformers' 8
     ``madeupword`` ids, which no file lists and nothing decodes)."""
-    vocab = _json_object(path / VOCAB)
+    vocab = load_json_object(path / VOCAB)
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
         raise ValueError(f"{path / VOCAB} is corrupt: expected a JSON object mapping tokens to ids")
     codes = [c for c in _listed_specials(path, config) if is_language_code(c)]
@@ -265,29 +265,6 @@ def _from_spm(
 
 
 # -- files ---------------------------------------------------------------------------------------------
-
-
-def _json_object(file: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"missing tokenizer file {file}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{file} is corrupt: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{file} is corrupt: expected a JSON object")
-    return data
-
-
-def _load_spm(file: Path) -> sentencepiece.SentencePieceProcessor:
-    if not file.is_file():
-        raise FileNotFoundError(f"missing tokenizer file {file}")
-    processor = sentencepiece.SentencePieceProcessor()
-    try:
-        processor.Load(str(file))
-    except (OSError, RuntimeError) as exc:
-        raise ValueError(f"{file} is not a valid SentencePiece model: {exc}") from None
-    return processor
 
 
 def _clean_up_tokenization(text: str) -> str:

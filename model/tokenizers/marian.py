@@ -35,7 +35,6 @@ a server wants. An instance is immutable after construction and safe to share be
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ import sentencepiece
 
 from ..languages import LanguageCodes
 from .added_tokens import AddedToken, AddedTokens
+from .files import load_json, load_spm
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +150,10 @@ class MarianTokenizer:
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"tokenizer directory {path} does not exist or is not a directory")
-        config = _load_json(path / TOKENIZER_CONFIG) if (path / TOKENIZER_CONFIG).is_file() else {}
+        config = load_json(path / TOKENIZER_CONFIG) if (path / TOKENIZER_CONFIG).is_file() else {}
         if not isinstance(config, dict):
             raise ValueError(f"{path / TOKENIZER_CONFIG} is corrupt: expected a JSON object")
-        special_map = _load_json(path / SPECIAL_TOKENS_MAP) if (path / SPECIAL_TOKENS_MAP).is_file() else None
+        special_map = load_json(path / SPECIAL_TOKENS_MAP) if (path / SPECIAL_TOKENS_MAP).is_file() else None
         if special_map is not None and not isinstance(special_map, dict):
             raise ValueError(f"{path / SPECIAL_TOKENS_MAP} is corrupt: expected a JSON object")
         target_vocab = None
@@ -162,8 +162,8 @@ class MarianTokenizer:
         elif (path / TARGET_VOCAB).is_file():
             logger.warning("%s ignored: %s does not set separate_vocabs", path / TARGET_VOCAB, TOKENIZER_CONFIG)
         return cls(
-            source_spm=_load_spm(path / SOURCE_SPM),
-            target_spm=_load_spm(path / TARGET_SPM),
+            source_spm=load_spm(path / SOURCE_SPM),
+            target_spm=load_spm(path / TARGET_SPM),
             vocab=_load_vocab(path / VOCAB),
             target_vocab=target_vocab,
             tokenizer_config=config,
@@ -495,31 +495,10 @@ def _clean_up_tokenization(text: str) -> str:
     )
 
 
-def _load_json(path: Path) -> Any:
-    try:
-        with path.open(encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"missing tokenizer file {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is corrupt: {e}") from e
-
-
 def _load_vocab(path: Path) -> dict[str, int]:
-    vocab = _load_json(path)
+    vocab = load_json(path)
     if not isinstance(vocab, dict) or not all(
         isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in vocab.values()
     ):
         raise ValueError(f"{path} is corrupt: expected a JSON object mapping tokens to non-negative ids")
     return vocab
-
-
-def _load_spm(path: Path) -> sentencepiece.SentencePieceProcessor:
-    if not path.is_file():
-        raise FileNotFoundError(f"missing tokenizer file {path}")
-    sp = sentencepiece.SentencePieceProcessor()
-    try:
-        sp.Load(str(path))
-    except (OSError, RuntimeError) as e:
-        raise ValueError(f"{path} is not a valid SentencePiece model: {e}") from e
-    return sp
