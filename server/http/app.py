@@ -4,6 +4,7 @@ uvicorn in the event loop the gRPC server runs in: same process, same engines, s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from pathlib import Path
@@ -76,12 +77,8 @@ def build_app(service: TranslationService, config: ServerConfig, tokens: TokenFi
 
 
 class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # the gRPC server's own handlers drain both
-        pass
-
-    def capture_signals(self):  # type: ignore[no-untyped-def, override]
-        import contextlib
-
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        # SIGTERM and SIGINT are the gRPC server's: its drain stops both front doors.
         return contextlib.nullcontext()
 
 

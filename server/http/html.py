@@ -77,16 +77,30 @@ def text_runs(document: str) -> list[tuple[str, str]]:
     return merged
 
 
-async def translate_html(document: str, translate: Callable[[list[str]], Awaitable[list[str]]]) -> str:
-    """`document` with each text run replaced by its translation (`translate` takes all runs at once, so
-    they share one batch)."""
+async def translate_html_versions(document: str, translate: Callable[[list[str]], Awaitable[list[list[str]]]],
+                                  count: int) -> list[str]:
+    """`count` versions of `document`, the k-th with each text run replaced by its k-th translation:
+    `translate` takes all runs at once (one batch) and gives each run's versions, best first."""
     runs = text_runs(document)
     wanted = [i for i, (kind, value) in enumerate(runs) if kind == "text" and value.strip()]
     translated = await translate([runs[i][1].strip() for i in wanted]) if wanted else []
-    out = [value if kind == "markup" else html.escape(value, quote=False) for kind, value in runs]
-    for i, translation in zip(wanted, translated, strict=True):
-        value = runs[i][1]
-        leading = value[: len(value) - len(value.lstrip())]
-        trailing = value[len(value.rstrip()):]
-        out[i] = leading + html.escape(translation, quote=False) + trailing
-    return "".join(out)
+    documents = []
+    for k in range(count):
+        out = [value if kind == "markup" else html.escape(value, quote=False) for kind, value in runs]
+        for i, versions in zip(wanted, translated, strict=True):
+            value = runs[i][1]
+            leading = value[: len(value) - len(value.lstrip())]
+            trailing = value[len(value.rstrip()):]
+            out[i] = leading + html.escape(versions[k], quote=False) + trailing
+        documents.append("".join(out))
+    return documents
+
+
+async def translate_html(document: str, translate: Callable[[list[str]], Awaitable[list[str]]]) -> str:
+    """`document` with each text run replaced by its translation (`translate` takes all runs at once, so
+    they share one batch)."""
+
+    async def one_version(texts: list[str]) -> list[list[str]]:
+        return [[translation] for translation in await translate(texts)]
+
+    return (await translate_html_versions(document, one_version, 1))[0]

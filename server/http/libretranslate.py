@@ -19,7 +19,7 @@ from mtserve.proto.api import pb2
 from .. import detection
 from ..segment import split_sentences
 from .calls import CallFailed, Gateway, HttpCallContext
-from .html import translate_html
+from .html import translate_html_versions
 from .languages import LanguagePairs, language_name
 from .requests import HttpError, read_params
 
@@ -158,15 +158,8 @@ class LibreTranslateApi:
 
         if kind == "text":
             return await translate_pieces(texts)
-        results = []
-        for text in texts:
-            versions: list[str] = []
-            for k in range(alternatives + 1):
-                async def nth(pieces: list[str], k: int = k) -> list[str]:
-                    return [versions_of[k] for versions_of in await translate_pieces(pieces)]
-                versions.append(await translate_html(text, nth))
-            results.append(versions)
-        return results
+        # One engine request per document: its runs' best translations and alternatives together.
+        return [await translate_html_versions(text, translate_pieces, alternatives + 1) for text in texts]
 
 
 async def call_failed(request: Request, exc: Exception) -> JSONResponse:

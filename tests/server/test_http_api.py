@@ -214,3 +214,14 @@ def test_page_and_metrics_are_served(base: str) -> None:
         assert b"/v1/translate/stream" in response.read()
     with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
         assert b"mtserve_request_duration_seconds" in response.read()
+
+
+def test_html_alternatives_keep_the_markup(base: str) -> None:
+    document = "<p>Das Haus ist groß.</p><p>Ich trinke <b>gern</b> Kaffee.</p>"
+    status, plain = call(base, "/translate", {"q": document, "source": "de", "target": "en", "format": "html"})
+    status_alt, body = call(base, "/translate", {"q": document, "source": "de", "target": "en", "format": "html",
+                                                 "alternatives": 1})
+    assert status == status_alt == 200, (plain, body)
+    (alternative,) = body["alternatives"]
+    for version in (body["translatedText"], alternative):
+        assert version.startswith("<p>") and "</p><p>" in version and "<b>" in version and version.endswith("</p>")
