@@ -161,7 +161,10 @@ def test_health_answers_while_a_large_request_is_prepared(model_dirs: dict[str, 
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details().startswith("texts[399]: a sentence is")
     assert took > 0.5, f"preparing took {took:.2f} s: too little for the test to show anything"
-    assert len(latencies) > 5 and max(latencies) < 0.25, (took, sorted(latencies)[-5:])
+    # Were the preparation on the event loop, one probe would wait about as long as the whole preparation
+    # (`took`, seconds). A probe sharing the GIL with the tokenizer on 2 busy cores sees ~0.25 s at worst.
+    limit = min(1.0, took / 2)
+    assert len(latencies) > 5 and max(latencies) < limit, (took, limit, sorted(latencies)[-5:])
 
 
 def test_a_request_that_splits_into_more_sentences_than_the_queue_holds_is_invalid(
