@@ -127,6 +127,7 @@ class DecodingOptions:
     sampling_topp: float | None = None
     seed: int | None = None
     early_stopping: bool | None = None
+    split_sentences: bool | None = None  # None/True: each text split into sentences; False: each text whole
 
 
 def build_request(

@@ -101,13 +101,15 @@ class TranslationClient:
         sampling_topp: float | None = None,
         seed: int | None = None,
         early_stopping: bool | None = None,
+        split_sentences: bool | None = None,
         source_language: str | Sequence[str] | None = None,
         target_language: str | Sequence[str] | None = None,
         timeout: float | None = _UNSET,
     ) -> list[TranslationResult]:
         """Translate ``texts``; one result per text, in order. None options take the server's defaults."""
         options = DecodingOptions(beam_size, max_length, length_penalty, num_hypotheses, return_scores,
-                                  sampling_temperature, sampling_topk, sampling_topp, seed, early_stopping)
+                                  sampling_temperature, sampling_topk, sampling_topp, seed, early_stopping,
+                                  split_sentences)
         request = build_request(texts, model, options, source_language, target_language)
         response = self._call(self._stub.Translate, request, timeout)
         return [result_from_pb(r, response.model) for r in response.results]
@@ -128,6 +130,7 @@ class TranslationClient:
         sampling_topp: float | None = None,
         seed: int | None = None,
         early_stopping: bool | None = None,
+        split_sentences: bool | None = None,
         source_language: str | Sequence[str] | None = None,
         target_language: str | Sequence[str] | None = None,
         timeout: float | None = _UNSET,
@@ -138,7 +141,8 @@ class TranslationClient:
         text. A failure before the first message is retried like ``translate``; after it, not.
         """
         options = DecodingOptions(beam_size, max_length, length_penalty, num_hypotheses, return_scores,
-                                  sampling_temperature, sampling_topk, sampling_topp, seed, early_stopping)
+                                  sampling_temperature, sampling_topk, sampling_topp, seed, early_stopping,
+                                  split_sentences)
         request = build_request(texts, model, options, source_language, target_language, partial)
         deadline = deadline_after(self.timeout if timeout is _UNSET else timeout)
         delays = self.retry_policy.delays()

@@ -13,6 +13,7 @@ It drives the same :class:`EngineCore` step as the server's engine thread (the s
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 from mtserve.model import bundled_model_dir
-from mtserve.model.checkpoint import check_model_dir, cpu_has_fast_float16, load_model
+from mtserve.model.checkpoint import check_model_dir, cpu_has_fast_float16, load_model, model_languages
 from mtserve.model.config import ModelConfig
 from mtserve.model.cpu_linear import fold_logits_bias, pack_linears
 from mtserve.model.options import SearchOptions, generation_defaults, merge_defaults
@@ -37,6 +38,7 @@ from mtserve.model.transformer import Transformer
 from .batch import NewText
 from .core import EngineCore
 from .scheduler import Request, Scheduler, Text
+from .segment import join_hypotheses, segment
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,9 @@ class Translation:
     #: The model's codes of the languages used ('' where the model needs none and none was given).
     source_language: str = ""
     target_language: str = ""
+    #: Tokens the decoder generated for the best hypothesis, each sentence's </s> included unless the length
+    #: limit ended it (what the server reports as output_tokens).
+    output_tokens: int = 0
 
 
 class Translator:
@@ -88,6 +93,8 @@ class Translator:
         self.max_batch_rows = max_batch_rows
         self.load_seconds = load_seconds
         self.path = path
+        # A single-pair model's source language (OPUS-MT's tokenizer_config.json): the sentence splitter's rules.
+        self.source_language = model_languages(path)[0] if path is not None else ""
         #: SearchOptions defaults from the model's generation_config.json; explicit options override them.
         self.defaults = {"max_length": self.default_max_length(), **(defaults or {})}
         self._idle_core: EngineCore | None = None
@@ -182,11 +189,15 @@ class Translator:
         *,
         source_language: str | Sequence[str] | None = None,
         target_language: str | Sequence[str] | None = None,
+        split_sentences: bool = True,
         **options: Any,
     ) -> list[Translation]:
         """Translate each text. Options are those of :class:`SearchOptions`; the n-best list is
         filled when num_hypotheses > 1. An empty or whitespace-only text gives an empty translation
         without running the model.
+
+        A text of several sentences is split into them (segment.py), each decoded on its own in the same
+        batch and joined back, as the server does; ``split_sentences=False`` decodes each text whole.
 
         Languages, as the model's own codes or BCP-47 tags, one for all texts or one per text: needed by
         multilingual models (NLLB, M2M100, MBart-50), checked against a single-pair model's own; a
@@ -198,19 +209,31 @@ class Translator:
         tokenizer = self.tokenizer
         pairs = [choose_languages(tokenizer, s, t) for s, t in zip(sources_asked, targets_asked, strict=True)]
         indices = [i for i, text in enumerate(texts) if text.strip()]
-        sources = [tokenizer.encode(texts[i], *pairs[i]) for i in indices]
-        prefixes = [tokenizer.target_prefix(pairs[i][1]) for i in indices]
+        # Every text of several sentences is split, as the server splits it (segment.py), and each sentence
+        # decodes as its own group of rows in one batch.
+        segments = {
+            i: segment(texts[i], functools.partial(tokenizer.encode, source_language=pairs[i][0],
+                                                   target_language=pairs[i][1]),
+                       self.config.max_position_embeddings, pairs[i][0] or self.source_language, split_sentences)
+            for i in indices
+        }
+        owners = [i for i in indices for _ in segments[i]]
+        sources = [piece.source_ids for i in indices for piece in segments[i]]
+        prefixes = [tokenizer.target_prefix(pairs[i][1]) for i in owners]
         outputs = self.generate(sources, search, prefixes)
+        per_text: dict[int, list[list[Hypothesis]]] = {i: [] for i in indices}
+        for owner, hypotheses in zip(owners, outputs, strict=True):
+            per_text[owner].append(hypotheses)
         results = [Translation("", [], 0.0, source_language=s or "", target_language=t or "") for s, t in pairs]
-        for index, source, hypotheses in zip(indices, sources, outputs, strict=True):
-            nbest = [
-                TranslationHypothesis(self.tokenizer.decode(h.token_ids), h.token_ids, h.score, h.max_length_reached)
-                for h in hypotheses[: search.num_hypotheses]
-            ]
+        for index in indices:
+            joined = join_hypotheses(per_text[index], segments[index], self.tokenizer.decode,
+                                     search.num_hypotheses)
+            nbest = [TranslationHypothesis(j.text, j.token_ids, j.score, j.max_length_reached) for j in joined]
             best = nbest[0]
             results[index] = Translation(
-                best.text, best.token_ids, best.score, nbest if search.num_hypotheses > 1 else [], len(source),
-                best.max_length_reached, *(code or "" for code in pairs[index]),
+                best.text, best.token_ids, best.score, nbest if search.num_hypotheses > 1 else [],
+                sum(len(piece.source_ids) for piece in segments[index]), best.max_length_reached,
+                *(code or "" for code in pairs[index]), joined[0].output_tokens,
             )
         return results
 

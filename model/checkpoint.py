@@ -201,3 +201,12 @@ def save_model(
     weights.chmod(0o644)
     (path / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def model_languages(path: Path) -> tuple[str, str]:
+    """(source, target) language codes, from tokenizer_config.json (OPUS-MT's source_lang/target_lang)."""
+    try:
+        values = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return "", ""
+    return str(values.get("source_lang") or ""), str(values.get("target_lang") or "")

@@ -88,15 +88,16 @@ class Metrics:
             model_code, buckets=LATENCY_BUCKETS, registry=r)
         self.time_to_first_token = Histogram(
             "mtserve_time_to_first_token_seconds",
-            "Time from a text's arrival to its first generated token (queue wait and encoder pass included).",
+            "Time from a text's (a sentence's, when split) arrival to its first generated token "
+            "(queue wait and encoder pass included).",
             model, buckets=SHORT_LATENCY_BUCKETS, registry=r)
         self.time_per_output_token = Histogram(
             "mtserve_time_per_output_token_seconds",
-            "Mean time between a text's generated tokens after the first.",
+            "Mean time between a text's (a sentence's, when split) generated tokens after the first.",
             model, buckets=TOKEN_LATENCY_BUCKETS, registry=r)
         self.queue_wait = Histogram(
             "mtserve_queue_wait_seconds",
-            "Time a text waited in the queue before it was admitted into the batch.",
+            "Time a text (each sentence, when split) waited in the queue before it was admitted into the batch.",
             model, buckets=SHORT_LATENCY_BUCKETS, registry=r)
         self.requests_rejected = Counter(
             "mtserve_requests_rejected_total",
@@ -118,11 +119,11 @@ class Metrics:
         # -- the engine (set every step) --
         self.texts_running = Gauge(
             "mtserve_texts_running",
-            "Texts decoding in the batch now (a call's texts, and a long text's sentences, count one each).",
+            "Texts decoding in the batch now (a call's texts count one per sentence).",
             model, registry=r)
         self.texts_waiting = Gauge(
             "mtserve_texts_waiting",
-            "Texts waiting in the queue now (a call's texts, and a long text's sentences, count one each).",
+            "Texts waiting in the queue now (a call's texts count one per sentence).",
             model, registry=r)
         self.rows_in_use = Gauge(
             "mtserve_rows_in_use",

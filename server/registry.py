@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from mtserve.engine.errors import EngineDeadError
 from mtserve.engine.scheduler import Scheduler
 from mtserve.engine.translator import Translator
 from mtserve.model import bundled_model_dir
+from mtserve.model.checkpoint import model_languages
 from mtserve.model.cpu_linear import warm_up
 from mtserve.model.languages import LanguageCodes
 
@@ -34,15 +34,6 @@ def bundled_model_spec() -> ModelSpec:
         raise FileNotFoundError(f"no --model was given and {exc}; pass --model DIR (a Marian/OPUS-MT "
                                 "directory) or MTSERVE_MODEL") from None
     return ModelSpec(BUNDLED_MODEL_NAME, str(path))
-
-
-def model_languages(path: Path) -> tuple[str, str]:
-    """(source, target) language codes, from tokenizer_config.json (OPUS-MT's source_lang/target_lang)."""
-    try:
-        values = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return "", ""
-    return str(values.get("source_lang") or ""), str(values.get("target_lang") or "")
 
 
 @dataclass

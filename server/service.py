@@ -1,7 +1,7 @@
 """The gRPC service: protobuf in, plain dataclasses to the engine, protobuf out. Protobuf stops here.
 
-Each call: validate (INVALID_ARGUMENT naming the field and the limit) → tokenize, splitting texts
-longer than the model accepts into sentences (off the event loop when the request is large) → submit
+Each call: validate (INVALID_ARGUMENT naming the field and the limit) → split texts into sentences
+(engine/segment.py) and tokenize them (off the event loop when the request is large) → submit
 the call as one engine request, a text per sentence → await its events on an asyncio queue →
 detokenize and answer (unary) or stream each text's result as it finishes. A call that ends early
 (client cancel, deadline) cancels its request, whose rows the engine frees at its next step.
@@ -33,6 +33,7 @@ from mtserve.engine.batch import NewText
 from mtserve.engine.errors import QueueFullError
 from mtserve.engine.events import FinishReason, TextEvent
 from mtserve.engine.scheduler import Request, Text
+from mtserve.engine.segment import Segment, SentenceTooLongError, join, join_hypotheses, segment
 from mtserve.model.options import MAX_LENGTH_PENALTY, SearchOptions, asks_for_sampling, merge_defaults
 from mtserve.model.search import Hypothesis
 from mtserve.proto.api import pb2, pb2_grpc
@@ -51,7 +52,6 @@ from .errors import (
 from .languages import text_languages
 from .metrics import Metrics
 from .registry import ModelRegistry, ServedModel
-from .segment import Segment, SentenceTooLongError, join, segment
 from .translation_cache import Key, TranslationCache, cacheable
 
 access_log = logging.getLogger("mtserve.access")
@@ -95,10 +95,6 @@ class _Call:
     texts: list[_Text]
     request: Request  # what the engine decodes: one text per sentence
     stream_partial: bool
-
-
-def _output_tokens(hypothesis: Hypothesis) -> int:
-    return len(hypothesis.token_ids) + (0 if hypothesis.stopped_by_length else 1)
 
 
 @dataclass
@@ -174,17 +170,20 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         try:
             call = await self._prepare(request, context, outcome, stream=True)
             model_name = call.model.name
+            shown: dict[int, str] = {}  # the last partial sent per text: a later sentence's tokens change nothing
             async for item in self._run(call, outcome.caller):
                 if isinstance(item, _Text):
                     result = self._result(call, item, outcome)
                     yield pb2.TranslateStreamResponse(model=model_name, result=result)
                 else:
                     text, tokens = item
+                    partial = self._partial(call, text)
+                    if shown.get(text.index) == partial:
+                        continue
+                    shown[text.index] = partial
                     yield pb2.TranslateStreamResponse(
                         model=model_name,
-                        partial=pb2.PartialTranslation(
-                            index=text.index, text=self._partial(call, text), output_tokens=tokens
-                        ),
+                        partial=pb2.PartialTranslation(index=text.index, text=partial, output_tokens=tokens),
                     )
         except BaseException as exc:
             await self._fail(context, exc, outcome)
@@ -255,6 +254,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         pairs = text_languages(tokenizer, model.name, len(texts), request.source_language, request.target_language,
                                request.source_languages, request.target_languages)
         options = self._search_options(request.options, model)
+        split = not request.options.HasField("split_sentences") or request.options.split_sentences
         call_texts: list[_Text] = []
         for i, (text, pair) in enumerate(zip(texts, pairs, strict=True)):
             if not text.strip():
@@ -263,7 +263,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             try:
                 segments = segment(text, functools.partial(tokenizer.encode, source_language=pair[0],
                                                            target_language=pair[1]), model.max_source_length,
-                                   pair[0] or model.source_language)
+                                   pair[0] or model.source_language, split)
             except SentenceTooLongError as exc:
                 raise ValidationError(f"texts[{i}]", str(exc)) from None
             for piece in segments:
@@ -283,7 +283,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             for text in call_texts
             for j, piece in enumerate(text.segments)
         ]
-        if len(engine_texts) > config.max_queue:  # long texts are split: count what the queue would hold
+        if len(engine_texts) > config.max_queue:  # texts are split: count what the queue would hold
             raise ValidationError(
                 "texts", f"the request splits into {len(engine_texts)} sentences, more than the queue holds "
                 f"(max_queue={config.max_queue}); send fewer or shorter texts")
@@ -446,18 +446,13 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         if not text.segments:
             return result
         decode = call.model.translator.tokenizer.decode
-        per_segment = [h or [] for h in text.hypotheses]
-        count = max(1, min(call.options.num_hypotheses, max(len(h) for h in per_segment)))
         hypotheses = []
-        for rank in range(count):
-            chosen = [h[min(rank, len(h) - 1)] for h in per_segment]
-            joined = join([decode(h.token_ids) for h in chosen], text.segments)
-            score = sum(h.score for h in chosen) / len(chosen)
-            tokens = sum(_output_tokens(h) for h in chosen)
-            reached = any(h.max_length_reached for h in chosen)
-            hypothesis = pb2.Hypothesis(text=joined, output_tokens=tokens, max_length_reached=reached)
+        for joined in join_hypotheses([h or [] for h in text.hypotheses], text.segments, decode,
+                                      call.options.num_hypotheses):
+            hypothesis = pb2.Hypothesis(text=joined.text, output_tokens=joined.output_tokens,
+                                        max_length_reached=joined.max_length_reached)
             if call.return_scores:
-                hypothesis.score = score
+                hypothesis.score = joined.score
             hypotheses.append(hypothesis)
         best = hypotheses[0]
         result.text = best.text
@@ -471,11 +466,16 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         return result
 
     def _partial(self, call: _Call, text: _Text) -> str:
+        """The finished sentences in front and the first unfinished one's partial: the sentences decode side
+        by side, but what is shown only grows at its end, so each partial is a prefix of the next."""
         decode = call.model.translator.tokenizer.decode
-        pieces = [
-            decode(h[0].token_ids) if h else decode(p) for h, p in zip(text.hypotheses, text.partial, strict=True)
-        ]
-        return join(pieces, text.segments)
+        pieces = []
+        for hypotheses, partial in zip(text.hypotheses, text.partial, strict=True):
+            if not hypotheses:
+                pieces.append(decode(partial))
+                break
+            pieces.append(decode(hypotheses[0].token_ids))
+        return join(pieces, text.segments[:len(pieces)])
 
     def _model_info(self, model: ServedModel) -> Any:
         config = model.translator.config

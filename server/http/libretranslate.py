@@ -2,8 +2,8 @@
 
 Request and response shapes, error bodies (``{"error": "..."}``) and statuses (400, 403, 429, 500) as
 LibreTranslate has them, so its clients (libretranslatepy, Weblate, Nextcloud, browser extensions) work
-unchanged. Underneath, every text is split into sentences and all sentences of a request go to the
-engine as one request, batched with everybody else's; ``alternatives`` are n-best hypotheses.
+unchanged. Underneath, a request is one gRPC-service call (its texts split into sentences there, all
+sentences one engine request batched with everybody else's); ``alternatives`` are n-best hypotheses.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from starlette.routing import Route
 from mtserve.proto.api import pb2
 
 from .. import detection
-from ..segment import split_sentences
 from .calls import CallFailed, Gateway, HttpCallContext
 from .html import translate_html_versions
 from .languages import LanguagePairs, language_name
@@ -133,28 +132,24 @@ class LibreTranslateApi:
 
     async def _translate_texts(self, texts: list[str], source: str, target: str, model: str, multilingual: bool,
                                kind: str, alternatives: int, request: Request) -> list[list[str]]:
-        """Each text's best translation and `alternatives` more: its sentences (or, for HTML, its text runs,
-        each split into sentences) translated in one engine request, joined back."""
+        """Each text's best translation and `alternatives` more: the texts (or, for HTML, each document's text
+        runs) translated in one call."""
 
         async def translate_pieces(pieces: list[str]) -> list[list[str]]:
-            sentences: list[tuple[int, str, str]] = []  # (piece, sentence, whitespace after it)
-            for p, piece in enumerate(pieces):
-                sentences += [(p, sentence, after) for sentence, after in split_sentences(piece, source)]
-            options = pb2.DecodingOptions()
+            options = pb2.DecodingOptions()  # the service splits each piece into sentences and joins them back
             if alternatives:
                 options.num_hypotheses = alternatives + 1
                 options.beam_size = max(alternatives + 1, 4)
-            message = pb2.TranslateRequest(texts=[s for _, s, _ in sentences], model=model, options=options)
+            message = pb2.TranslateRequest(texts=pieces, model=model, options=options)
             if multilingual:
                 message.source_language, message.target_language = source, target
             context = HttpCallContext(request.client, request.headers, timeout=None)
             response = await self.gateway.translate(message, context)
-            joined: list[list[str]] = [["" for _ in range(alternatives + 1)] for _ in pieces]
-            for (p, _, after), result in zip(sentences, response.results, strict=True):
+            translations = []
+            for result in response.results:
                 versions = [h.text for h in result.hypotheses] or [result.text]
-                for k in range(alternatives + 1):
-                    joined[p][k] += (versions[k] if k < len(versions) else versions[0]) + after
-            return [[version.strip() for version in versions] for versions in joined]
+                translations.append([versions[min(k, len(versions) - 1)] for k in range(alternatives + 1)])
+            return translations
 
         if kind == "text":
             return await translate_pieces(texts)

@@ -51,6 +51,15 @@ def test_translate_early_stopping_flag(server, capsys):
     assert not server.servicer.requests[-1].options.HasField("early_stopping")  # unset: the server's default
 
 
+def test_translate_no_split_sentences_flag(server, capsys):
+    rc, _, _ = run(capsys, "translate", "--server", server.address, "--no-split-sentences", "Hi. Bye.")
+    assert rc == 0
+    options = server.servicer.requests[-1].options
+    assert options.HasField("split_sentences") and not options.split_sentences
+    run(capsys, "translate", "--server", server.address, "Hi. Bye.")
+    assert not server.servicer.requests[-1].options.HasField("split_sentences")  # unset: split
+
+
 def test_translate_warns_on_stderr_about_translations_cut_at_max_length(server, capsys):
     rc, out, err = run(capsys, "translate", "--server", server.address, "--max-length", "4", "a b", "a b c d e")
     assert rc == 0 and out.splitlines() == ["A B", "A B C D E"]  # stdout stays one translation per line

@@ -124,12 +124,15 @@ def test_forward_logits_match(case: Case) -> None:
     torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-4)
 
 
+# The comparisons with generate() decode each text whole (split_sentences=False), as generate() does: they
+# test the decoder, not the sentence splitter.
 @pytest.mark.parametrize("beams", [1, BEAMS])
 def test_decoding_matches_generate(case: Case, beams: int) -> None:
     """Three target languages, 8 sentences each, one call per language on Transformers' side and one
     call for all 24 on ours (texts of different languages decode in the same steps)."""
     targets = [case.family.targets[i % 3] for i in range(len(TEXTS))]
-    ours = case.translator.translate(TEXTS, source_language=case.family.source, target_language=targets,
+    ours = case.translator.translate(TEXTS, split_sentences=False, source_language=case.family.source,
+                                     target_language=targets,
                                      beam_size=beams, max_length=MAX_LENGTH)
     mismatches = []
     for k, target in enumerate(case.family.targets):
@@ -149,7 +152,8 @@ def test_decoding_matches_generate(case: Case, beams: int) -> None:
 
 def test_beam_nbest_and_scores_match(case: Case) -> None:
     texts, target = TEXTS[:6], case.family.targets[0]
-    ours = case.translator.translate(texts, source_language=case.family.source, target_language=target,
+    ours = case.translator.translate(texts, split_sentences=False, source_language=case.family.source,
+                                     target_language=target,
                                      beam_size=BEAMS, num_hypotheses=BEAMS, max_length=MAX_LENGTH)
     with torch.no_grad():
         reference = case.generate(texts, target, num_beams=BEAMS, num_return_sequences=BEAMS,
@@ -164,7 +168,7 @@ def test_beam_nbest_and_scores_match(case: Case) -> None:
 
 
 def test_text_matches_transformers_decode(case: Case) -> None:
-    ours = case.translator.translate(TEXTS, source_language=case.family.source,
+    ours = case.translator.translate(TEXTS, split_sentences=False, source_language=case.family.source,
                                      target_language=case.family.targets[1], max_length=MAX_LENGTH)
     reference = case.generate(TEXTS, case.family.targets[1])
     expected = case.hf_tokenizer.batch_decode(reference, skip_special_tokens=True)

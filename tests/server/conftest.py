@@ -77,8 +77,18 @@ def _build_tokenizer_dir(path: Path) -> None:
 
 
 def sample_texts(count: int, seed: int = 5) -> list[str]:
-    """`count` English-ish sentences from the tokenizer fixture's corpus generator (deterministic)."""
+    """`count` English-ish texts from the tokenizer fixture's corpus generator (deterministic); some hold
+    several sentences."""
     return list(_tokenizer_fixtures().source_corpus(count, seed=seed))
+
+
+def sample_sentences(count: int, seed: int = 5) -> list[str]:
+    """`count` texts of one sentence each: one engine text per text, for tests that count them."""
+    from mtserve.engine.segment import split_sentences
+
+    sentences = [t for t in sample_texts(10 * count, seed) if len(split_sentences(t)) == 1][:count]
+    assert len(sentences) == count
+    return sentences
 
 
 def build_model_dir(
@@ -153,10 +163,11 @@ def offline(model_dirs: dict[str, Path]) -> Callable[[str], Translator]:
 
 
 def expected_output_tokens(translation: Translation, max_length: int) -> int:
-    """What the server reports as output_tokens for an offline translation: </s> counts when generated."""
+    """What the server reports as output_tokens for an offline translation: </s> counts when generated (each
+    sentence's, for a text of several)."""
     if not translation.token_ids and not translation.input_tokens:
         return 0  # an empty text: nothing decoded
-    return min(len(translation.token_ids) + 1, max_length)
+    return translation.output_tokens
 
 
 # -- waiting without sleeping as an assertion --------------------------------------------------------
@@ -376,6 +387,7 @@ class Helpers:
     running_server = staticmethod(running_server)
     build_model_dir = staticmethod(build_model_dir)
     sample_texts = staticmethod(sample_texts)
+    sample_sentences = staticmethod(sample_sentences)
     expected_output_tokens = staticmethod(expected_output_tokens)
     WAIT_SECONDS = WAIT_SECONDS
     SHARED_LIMITS = SHARED_LIMITS

@@ -16,9 +16,9 @@ import pytest
 from libretranslatepy import LibreTranslateAPI
 
 from mtserve.client import TranslationClient
+from mtserve.engine.segment import split_sentences
 from mtserve.server.config import ServerConfig
 from mtserve.server.http.app import body_limit
-from mtserve.server.segment import split_sentences
 
 TOKEN = "s3cret-token-for-http"
 

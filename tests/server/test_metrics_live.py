@@ -87,7 +87,7 @@ def test_metrics_follow_traffic(metrics_server: Any, helpers: Any) -> None:
     before = parse(scrape(metrics_server))
     engine = metrics_server.engine("tiny")
     steps_before = engine.steps
-    texts = helpers.sample_texts(6, seed=21)
+    texts = helpers.sample_sentences(6, seed=21)  # the per-text timings below count the engine's texts
     # A text that decodes to max_length (offline), so it is still in the batch when its deadline is seen.
     late_text = "Tom reads the house."
     translator = metrics_server.server.registry.models["tiny"].translator

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from mtserve.client import TranslationClient
+from mtserve.engine.segment import split_sentences
 from mtserve.proto.api import pb2, pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "model"))
@@ -60,12 +61,31 @@ def test_per_text_target_languages_match_transformers(served: Any, nllb: Any, be
     asked = ["de", "fr", "zh-TW", "spa_Latn"] * 4
     with TranslationClient(served.address) as client:
         results = client.translate(texts, "nllb", source_language="en", target_language=asked, beam_size=beams,
-                                   max_length=MAX_LENGTH)
+                                   max_length=MAX_LENGTH, split_sentences=False)  # as generate() takes them
     assert [r.target_language for r in results] == [TARGETS[i % 4] for i in range(16)]
     assert {r.source_language for r in results} == {"eng_Latn"}
     for k, target in enumerate(TARGETS):
         expected = _reference(nllb, texts[k::4], "eng_Latn", target, beams)
         assert [r.text for r in results[k::4]] == expected
+
+
+def test_a_text_of_several_sentences_is_its_sentences_translated_alone(served: Any, nllb: Any) -> None:
+    """Split by default: each sentence gets the language tags and decodes as Transformers decodes it alone;
+    the translations are joined with the whitespace that followed each sentence."""
+    candidates = [s for s in corpus(80, seed=17) if s[-1] in ".?!" and len(s) < 50 and len(split_sentences(s)) == 1]
+    alone = {s: _reference(nllb, [s], "eng_Latn", "deu_Latn", 2)[0] for s in candidates[:12]}
+    sentences = [s for s in alone if alone[s]][:2] + [s for s in alone if not alone[s]][:1]
+    assert len(sentences) == 3  # the random model says something for some sentences, nothing for others
+    text = f"{sentences[0]}  {sentences[2]}\n{sentences[1]}"
+    with TranslationClient(served.address) as client:
+        [split] = client.translate([text], "nllb", source_language="en", target_language="de", beam_size=2,
+                                   max_length=MAX_LENGTH)
+        [whole] = client.translate([text], "nllb", source_language="en", target_language="de", beam_size=2,
+                                   max_length=MAX_LENGTH, split_sentences=False)
+    assert split.text == f"{alone[sentences[0]]}  {alone[sentences[2]]}\n{alone[sentences[1]]}"
+    assert whole.text == _reference(nllb, [text], "eng_Latn", "deu_Latn", 2)[0]
+    assert whole.input_tokens < 128  # decoded whole: the model's positions hold it
+    assert split.input_tokens > whole.input_tokens  # each sentence has its own tags and </s>
 
 
 def test_list_models_lists_the_languages(served: Any) -> None:
@@ -107,11 +127,12 @@ def test_languages_beside_a_marian_model(served: Any, offline: Any) -> None:
     texts = corpus(4, seed=3)
     with TranslationClient(served.address) as client:
         plain = client.translate(texts, "tiny", max_length=MAX_LENGTH)
-        french = client.translate(texts, "tiny", target_language="fr", max_length=MAX_LENGTH)
+        french = client.translate(texts, "tiny", target_language="fr", max_length=MAX_LENGTH, split_sentences=False)
     translator = offline("tiny")
     assert [r.text for r in plain] == [t.text for t in translator.translate(texts, max_length=MAX_LENGTH)]
     assert [r.text for r in french] == [t.text for t in translator.translate([f">>fra<< {t}" for t in texts],
-                                                                               max_length=MAX_LENGTH)]
+                                                                               max_length=MAX_LENGTH,
+                                                                               split_sentences=False)]
     assert {r.target_language for r in french} == {">>fra<<"}
 
 

@@ -45,7 +45,7 @@ def stub(channel: grpc.Channel) -> Any:
 def test_concurrent_clients_get_offline_results(
     server: Any, offline: Callable[[str], Translator], helpers: Any, beam_size: int
 ) -> None:
-    texts = helpers.sample_texts(CLIENTS, seed=7)
+    texts = helpers.sample_sentences(CLIENTS, seed=7)  # one engine text per call: counted below
     translator = offline("tiny")
     alone = [translator.translate([t], max_length=MAX_LENGTH, beam_size=beam_size)[0] for t in texts]
     clients = [TranslationClient(server.address, timeout=60) for _ in range(CLIENTS)]

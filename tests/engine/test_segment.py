@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mtserve.server.segment import rules_for, split_sentences
+from mtserve.engine.segment import rules_for, split_sentences
 
 
 @pytest.mark.parametrize(("language", "text", "sentences"), [
