@@ -113,6 +113,10 @@ def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
 # -- messages -------------------------------------------------------------------------------------
 
 
+#: A request's admission class, lowest first (the .proto's Priority).
+PRIORITIES = ("batch", "normal", "interactive")
+
+
 @dataclass(frozen=True)
 class DecodingOptions:
     """The request's decoding options; None leaves a field unset (the server's default)."""
@@ -137,8 +141,10 @@ def build_request(
     source_language: str | Sequence[str] | None = None,
     target_language: str | Sequence[str] | None = None,
     partial_results: bool = False,
+    priority: str | None = None,
 ) -> pb2.TranslateRequest:
-    """A TranslateRequest; a language given as a list is one per text (source_languages/target_languages)."""
+    """A TranslateRequest; a language given as a list is one per text (source_languages/target_languages);
+    priority: one of PRIORITIES (None: the server's default, normal)."""
     if isinstance(texts, str):
         texts = [texts]
     fields = {k: v for k, v in dataclasses.asdict(options).items() if v is not None}
@@ -148,6 +154,10 @@ def build_request(
         options=pb2.DecodingOptions(**fields),
         partial_results=partial_results,
     )
+    if priority is not None:
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
+        request.priority = pb2.Priority.Value(f"PRIORITY_{priority.upper()}")
     for name, value in (("source_language", source_language), ("target_language", target_language)):
         if isinstance(value, str) or value is None:
             setattr(request, name, value or "")

@@ -17,6 +17,7 @@ from typing import IO, Any
 
 import grpc
 
+from ._common import PRIORITIES
 from .argparsing import ArgumentParser
 from .client import TranslationClient
 from .types import TranslationError, TranslationResult
@@ -68,13 +69,15 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--early-stopping", action="store_true", default=None,
                    help="beam search stops once beam-size hypotheses have finished")
+    g.add_argument("--priority", choices=PRIORITIES,
+                   help="admission class: interactive calls go before normal ones, batch ones after (never starved)")
     g.add_argument("--no-split-sentences", dest="split_sentences", action="store_false", default=None,
                    help="translate each text whole, not sentence by sentence")
 
 
 _DECODING = ("model", "source_language", "target_language", "beam_size", "max_length", "length_penalty",
              "num_hypotheses", "return_scores", "sampling_temperature", "sampling_topk", "sampling_topp", "seed",
-             "early_stopping", "split_sentences")
+             "early_stopping", "split_sentences", "priority")
 
 
 def decoding_kwargs(args: argparse.Namespace) -> dict[str, Any]:

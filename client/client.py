@@ -104,13 +104,14 @@ class TranslationClient:
         split_sentences: bool | None = None,
         source_language: str | Sequence[str] | None = None,
         target_language: str | Sequence[str] | None = None,
+        priority: str | None = None,
         timeout: float | None = _UNSET,
     ) -> list[TranslationResult]:
         """Translate ``texts``; one result per text, in order. None options take the server's defaults."""
         options = DecodingOptions(beam_size, max_length, length_penalty, num_hypotheses, return_scores,
                                   sampling_temperature, sampling_topk, sampling_topp, seed, early_stopping,
                                   split_sentences)
-        request = build_request(texts, model, options, source_language, target_language)
+        request = build_request(texts, model, options, source_language, target_language, priority=priority)
         response = self._call(self._stub.Translate, request, timeout)
         return [result_from_pb(r, response.model) for r in response.results]
 
@@ -133,6 +134,7 @@ class TranslationClient:
         split_sentences: bool | None = None,
         source_language: str | Sequence[str] | None = None,
         target_language: str | Sequence[str] | None = None,
+        priority: str | None = None,
         timeout: float | None = _UNSET,
     ) -> Iterator[TranslationResult | PartialResult]:
         """Yield each text's result as soon as it is done (any order; see ``.index``).
@@ -143,7 +145,7 @@ class TranslationClient:
         options = DecodingOptions(beam_size, max_length, length_penalty, num_hypotheses, return_scores,
                                   sampling_temperature, sampling_topk, sampling_topp, seed, early_stopping,
                                   split_sentences)
-        request = build_request(texts, model, options, source_language, target_language, partial)
+        request = build_request(texts, model, options, source_language, target_language, partial, priority)
         deadline = deadline_after(self.timeout if timeout is _UNSET else timeout)
         delays = self.retry_policy.delays()
         while True:

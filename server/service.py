@@ -97,6 +97,17 @@ class _Call:
     stream_partial: bool
 
 
+def _priority(given: int) -> int:
+    """The scheduler's priority (higher first) for the proto's Priority; unset is normal."""
+    if given == pb2.PRIORITY_BATCH:
+        return -1
+    if given == pb2.PRIORITY_INTERACTIVE:
+        return 1
+    if given in (pb2.PRIORITY_UNSPECIFIED, pb2.PRIORITY_NORMAL):
+        return 0
+    raise ValidationError("priority", f"unknown value {given}: PRIORITY_BATCH, PRIORITY_NORMAL or PRIORITY_INTERACTIVE")
+
+
 @dataclass
 class _Outcome:
     """What the access log says of a call, filled in as it goes."""
@@ -288,7 +299,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
                 "texts", f"the request splits into {len(engine_texts)} sentences, more than the queue holds "
                 f"(max_queue={config.max_queue}); send fewer or shorter texts")
         engine_request = Request(next(_engine_request_ids), engine_texts, arrival_time=time.monotonic(),
-                                 deadline=deadline, label=request_id)
+                                 deadline=deadline, priority=_priority(request.priority), label=request_id)
         return _Call(request_id, model, options, request.options.return_scores, call_texts, engine_request,
                      stream_tokens)
     def _search_options(self, given: Any, model: ServedModel) -> SearchOptions:
