@@ -142,9 +142,11 @@ def build_request(
     target_language: str | Sequence[str] | None = None,
     partial_results: bool = False,
     priority: str | None = None,
+    target_prefix: str | Sequence[str] | None = None,
 ) -> pb2.TranslateRequest:
     """A TranslateRequest; a language given as a list is one per text (source_languages/target_languages);
-    priority: one of PRIORITIES (None: the server's default, normal)."""
+    priority: one of PRIORITIES (None: the server's default, normal); target_prefix: what the translations
+    start with, one for all texts or one per text."""
     if isinstance(texts, str):
         texts = [texts]
     fields = {k: v for k, v in dataclasses.asdict(options).items() if v is not None}
@@ -154,6 +156,9 @@ def build_request(
         options=pb2.DecodingOptions(**fields),
         partial_results=partial_results,
     )
+    if target_prefix:
+        request.target_prefixes.extend([target_prefix] * len(texts) if isinstance(target_prefix, str)
+                                       else list(target_prefix))
     if priority is not None:
         if priority not in PRIORITIES:
             raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")

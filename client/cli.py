@@ -69,6 +69,8 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--early-stopping", action="store_true", default=None,
                    help="beam search stops once beam-size hypotheses have finished")
+    g.add_argument("--target-prefix", metavar="TEXT",
+                   help="every translation starts with TEXT and goes on from there")
     g.add_argument("--priority", choices=PRIORITIES,
                    help="admission class: interactive calls go before normal ones, batch ones after (never starved)")
     g.add_argument("--no-split-sentences", dest="split_sentences", action="store_false", default=None,
@@ -77,7 +79,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
 
 _DECODING = ("model", "source_language", "target_language", "beam_size", "max_length", "length_penalty",
              "num_hypotheses", "return_scores", "sampling_temperature", "sampling_topk", "sampling_topp", "seed",
-             "early_stopping", "split_sentences", "priority")
+             "early_stopping", "split_sentences", "priority", "target_prefix")
 
 
 def decoding_kwargs(args: argparse.Namespace) -> dict[str, Any]:

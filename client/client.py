@@ -105,13 +105,15 @@ class TranslationClient:
         source_language: str | Sequence[str] | None = None,
         target_language: str | Sequence[str] | None = None,
         priority: str | None = None,
+        target_prefix: str | Sequence[str] | None = None,
         timeout: float | None = _UNSET,
     ) -> list[TranslationResult]:
         """Translate ``texts``; one result per text, in order. None options take the server's defaults."""
         options = DecodingOptions(beam_size, max_length, length_penalty, num_hypotheses, return_scores,
                                   sampling_temperature, sampling_topk, sampling_topp, seed, early_stopping,
                                   split_sentences)
-        request = build_request(texts, model, options, source_language, target_language, priority=priority)
+        request = build_request(texts, model, options, source_language, target_language, priority=priority,
+                                target_prefix=target_prefix)
         response = self._call(self._stub.Translate, request, timeout)
         return [result_from_pb(r, response.model) for r in response.results]
 
@@ -135,6 +137,7 @@ class TranslationClient:
         source_language: str | Sequence[str] | None = None,
         target_language: str | Sequence[str] | None = None,
         priority: str | None = None,
+        target_prefix: str | Sequence[str] | None = None,
         timeout: float | None = _UNSET,
     ) -> Iterator[TranslationResult | PartialResult]:
         """Yield each text's result as soon as it is done (any order; see ``.index``).
@@ -145,7 +148,8 @@ class TranslationClient:
         options = DecodingOptions(beam_size, max_length, length_penalty, num_hypotheses, return_scores,
                                   sampling_temperature, sampling_topk, sampling_topp, seed, early_stopping,
                                   split_sentences)
-        request = build_request(texts, model, options, source_language, target_language, partial, priority)
+        request = build_request(texts, model, options, source_language, target_language, partial, priority,
+                                target_prefix)
         deadline = deadline_after(self.timeout if timeout is _UNSET else timeout)
         delays = self.retry_policy.delays()
         while True:

@@ -15,6 +15,7 @@ Because every text runs the same code whatever else is in the batch, batching ne
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict, deque
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,16 @@ class NewText:
     options: SearchOptions
     forced_prefix: tuple[int, ...] = ()  # tokens the output must start with (a target-language token)
     stream: bool = False  # the caller wants the tokens that become final at every step
+    #: The caller's target prefix: the output continues from forced_prefix + target_prefix, fed in one
+    #: prefill pass when the text joins (the search scores only what follows, as Transformers scores what
+    #: follows decoder_input_ids).
+    target_prefix: tuple[int, ...] = ()
+
+    @property
+    def prompt(self) -> tuple[int, ...]:
+        """What the prefill feeds: the forced tokens, when there is a target prefix (else the steps force
+        the language token one at a time, as generate()'s forced_bos_token_id does)."""
+        return self.forced_prefix + self.target_prefix if self.target_prefix else ()
 
 
 @dataclass(eq=False)
@@ -46,7 +57,8 @@ class Slot:
     search: Search
     source_length: int
     start: int = 0  # first cache row
-    position: int = 0  # tokens generated so far; the next input's position
+    position: int = 0  # tokens generated so far (a prefilled prompt included); the next input's position
+    prompt_emitted: bool = False  # a streaming text's prompt goes out with its first tokens
 
     @property
     def rows(self) -> int:
@@ -92,7 +104,7 @@ class Batch:
     def free_rows(self) -> int:
         return self.num_rows - len(self._tokens)
 
-    def check(self, source_ids: Sequence[int], options: SearchOptions) -> None:
+    def check(self, source_ids: Sequence[int], options: SearchOptions, prompt: Sequence[int] = ()) -> None:
         """Raise ValueError when the text cannot be decoded by this model at all (limits named)."""
         if not source_ids:
             raise ValueError("source_ids is empty: a source ends with </s> at least")
@@ -102,6 +114,9 @@ class Batch:
             raise ValueError(f"max_length {options.max_length} exceeds the model's limit {self.max_target_length}")
         if options.rows > self.num_rows:
             raise ValueError(f"{options.rows} beams/hypotheses exceed the batch's {self.num_rows} rows")
+        if len(prompt) >= options.max_length:
+            raise ValueError(f"the target prefix is {len(prompt)} tokens, max_length {options.max_length} leaves room "
+                             f"for {options.max_length - 1} at most")
 
     # -- texts joining and leaving ------------------------------------------------------------------
 
@@ -112,8 +127,10 @@ class Batch:
         if not texts:
             return
         for _, work in texts:
-            self.check(work.source_ids, work.options)
-        searches = [new_search(work.options, self.device) for _, work in texts]
+            self.check(work.source_ids, work.options, work.prompt)
+        # A prefilled prompt counts toward max_length: the search generates what is left.
+        searches = [new_search(dataclasses.replace(work.options, max_length=work.options.max_length - len(work.prompt)),
+                               self.device) for _, work in texts]
         row_counts = [search.rows for search in searches]
         if sum(row_counts) > self.free_rows:
             raise RuntimeError(f"{sum(row_counts)} rows needed, {self.free_rows} free")
@@ -127,9 +144,29 @@ class Batch:
         rows = torch.arange(first, first + sum(row_counts), device=self.device)  # counted on the host: no sync
         self.cache.reserve(source_length=longest)
         self.model.fill_cross_attention(self.cache, rows, memory, lengths, self._upload(row_counts))
+        self._prefill(texts, row_counts, first, memory, mask)
         for (key, work), search in zip(texts, searches, strict=True):
-            self.slots.append(Slot(key, work, search, len(work.source_ids), start=len(self._tokens)))
-            self._tokens += [self.start_id] * search.rows
+            prompt = work.prompt
+            self.slots.append(Slot(key, work, search, len(work.source_ids), start=len(self._tokens),
+                                   position=len(prompt)))
+            self._tokens += [prompt[-1] if prompt else self.start_id] * search.rows
+
+    def _prefill(self, texts: Sequence[tuple[Hashable, NewText]], row_counts: list[int], first: int,
+                 memory: torch.Tensor, mask: torch.Tensor) -> None:
+        """One decoder pass over the prompts of the texts that have one (start token + prompt but its last
+        token, which is the first step's input), into their rows."""
+        chosen = [i for i, (_, work) in enumerate(texts) if work.prompt]
+        if not chosen:
+            return
+        inputs = [[self.start_id, *texts[i][1].prompt[:-1]] for i in chosen]
+        longest = max(len(ids) for ids in inputs)
+        starts = [first + sum(row_counts[:i]) for i in range(len(texts))]
+        rows = [row for i in chosen for row in range(starts[i], starts[i] + row_counts[i])]
+        self.cache.reserve(target_length=longest)
+        index = self._upload(chosen)
+        self.model.prefill(self._upload([ids + [self.start_id] * (longest - len(ids)) for ids in inputs]),
+                           memory.index_select(0, index), mask.index_select(0, index), self.cache,
+                           self._upload(rows), self._upload([row_counts[i] for i in chosen]))
 
     @torch.inference_mode()
     def remove(self, keys: Collection[Hashable]) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -107,9 +107,10 @@ class EngineCore:
                     last[event.text] = event
         return [last[text] for text in request.texts]
 
-    def check(self, source_ids: Sequence[int], options: SearchOptions) -> None:
-        """ValueError when this model cannot decode the text at all (too long, max_length too big)."""
-        self.batch.check(source_ids, options)
+    def check(self, source_ids: Sequence[int], options: SearchOptions, prompt: Sequence[int] = ()) -> None:
+        """ValueError when this model cannot decode the text at all (too long, max_length too big, a target
+        prefix leaving no room)."""
+        self.batch.check(source_ids, options, prompt)
 
     # -- the step ---------------------------------------------------------------------------------
 
@@ -189,7 +190,14 @@ class EngineCore:
             if text.first_token_time is None:
                 text.first_token_time = now
             emitted = list(plan.emitted) if slot.work.stream else []
+            prompt = list(slot.work.prompt)
+            if emitted and prompt and not slot.prompt_emitted:  # the output starts with the prompt
+                emitted, slot.prompt_emitted = prompt + emitted, True
             if plan.finished:
+                if prompt and plan.hypotheses:
+                    plan.hypotheses = [replace(h, token_ids=prompt + h.token_ids) for h in plan.hypotheses]
+                    if slot.work.stream and not slot.prompt_emitted:
+                        emitted = prompt + emitted
                 news.append(TextEvent(text, emitted, plan.hypotheses, _finish_reason(plan)))
             elif emitted:
                 news.append(TextEvent(text, emitted))

@@ -155,20 +155,24 @@ class Translator:
         sources: Sequence[Sequence[int]],
         options: SearchOptions,
         prefixes: Sequence[tuple[int, ...]] | None = None,
+        target_prefixes: Sequence[Sequence[int]] | None = None,
     ) -> list[list[Hypothesis]]:
         """Decode token-id sources (each ending in </s>); returns each source's hypotheses, best first.
-        `prefixes`: per source, the tokens its output is forced to start with (a target-language token)."""
+        `prefixes`: per source, the tokens its output is forced to start with (a target-language token);
+        `target_prefixes`: per source, target ids its output continues from (after `prefixes`), fed in one
+        prefill pass; they are part of the hypotheses' tokens and count toward max_length, and the scores
+        cover what follows them."""
         # Rows for what is asked, not max_batch_rows; a core (and its KV cache) of that size is kept for
         # the next call, since allocating a cache costs more than zeroing it (page faults on fresh memory).
         rows = max(options.rows, min(self.max_batch_rows, len(sources) * options.rows))
         core = self._take_core(rows)
-        for source in sources:
-            core.check(source, options)
-        texts = [
-            Text(index, options.rows, len(source), options.max_length,
-                 work=NewText(list(source), options, prefixes[index] if prefixes else ()))
-            for index, source in enumerate(sources)
-        ]
+        works = [NewText(list(source), options, tuple(prefixes[index]) if prefixes else (),
+                         target_prefix=tuple(target_prefixes[index]) if target_prefixes else ())
+                 for index, source in enumerate(sources)]
+        for work in works:
+            core.check(work.source_ids, options, work.prompt)
+        texts = [Text(index, options.rows, len(work.source_ids), options.max_length, work=work)
+                 for index, work in enumerate(works)]
         events = core.run_to_end(Request(next(_request_ids), texts, arrival_time=core.clock()))
         self._idle_core = core  # only a core that ran to the end is reused (no rows left in it)
         return [event.hypotheses or [] for event in events]
@@ -190,6 +194,7 @@ class Translator:
         source_language: str | Sequence[str] | None = None,
         target_language: str | Sequence[str] | None = None,
         split_sentences: bool = True,
+        target_prefix: str | Sequence[str] | None = None,
         **options: Any,
     ) -> list[Translation]:
         """Translate each text. Options are those of :class:`SearchOptions`; the n-best list is
@@ -198,6 +203,9 @@ class Translator:
 
         A text of several sentences is split into them (segment.py), each decoded on its own in the same
         batch and joined back, as the server does; ``split_sentences=False`` decodes each text whole.
+
+        ``target_prefix`` (one for all texts or one per text; '' for none): the translation starts with it
+        and goes on from there (interactive or post-editing translation). A text with one is not split.
 
         Languages, as the model's own codes or BCP-47 tags, one for all texts or one per text: needed by
         multilingual models (NLLB, M2M100, MBart-50), checked against a single-pair model's own; a
@@ -208,21 +216,25 @@ class Translator:
         targets_asked = _per_text("target_language", target_language, len(texts))
         tokenizer = self.tokenizer
         pairs = [choose_languages(tokenizer, s, t) for s, t in zip(sources_asked, targets_asked, strict=True)]
+        asked_prefixes = _per_text("target_prefix", target_prefix, len(texts))
         indices = [i for i, text in enumerate(texts) if text.strip()]
         # Every text of several sentences is split, as the server splits it (segment.py), and each sentence
         # decodes as its own group of rows in one batch.
         segments = {
             i: segment(texts[i], functools.partial(tokenizer.encode, source_language=pairs[i][0],
                                                    target_language=pairs[i][1]),
-                       self.config.max_position_embeddings, pairs[i][0] or self.source_language, split_sentences)
+                       self.config.max_position_embeddings, pairs[i][0] or self.source_language,
+                       split_sentences and not asked_prefixes[i])
             for i in indices
         }
-        owners = [i for i in indices for _ in segments[i]]
-        sources = [piece.source_ids for i in indices for piece in segments[i]]
-        prefixes = [tokenizer.target_prefix(pairs[i][1]) for i in owners]
-        outputs = self.generate(sources, search, prefixes)
+        owners = [(i, j) for i in indices for j in range(len(segments[i]))]
+        sources = [segments[i][j].source_ids for i, j in owners]
+        prefixes = [tokenizer.target_prefix(pairs[i][1]) for i, _ in owners]
+        target_prefixes = [tokenizer.encode_prefix(asked_prefixes[i]) if asked_prefixes[i] and j == 0 else []
+                           for i, j in owners]
+        outputs = self.generate(sources, search, prefixes, target_prefixes)
         per_text: dict[int, list[list[Hypothesis]]] = {i: [] for i in indices}
-        for owner, hypotheses in zip(owners, outputs, strict=True):
+        for (owner, _), hypotheses in zip(owners, outputs, strict=True):
             per_text[owner].append(hypotheses)
         results = [Translation("", [], 0.0, source_language=s or "", target_language=t or "") for s, t in pairs]
         for index in indices:

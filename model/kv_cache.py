@@ -100,6 +100,12 @@ class KVCache:
         self.cross_k[layer, rows, :, :length] = key
         self.cross_v[layer, rows, :, :length] = value
 
+    def write_self(self, layer: int, rows: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Self-attention K/V (N, H, T, D) of positions 0 .. T-1 for `rows` (N,): a prefill's, all at once."""
+        length = key.shape[2]
+        self.self_k[layer, rows, :, :length] = key
+        self.self_v[layer, rows, :, :length] = value
+
     def set_source_length(self, rows: torch.Tensor, lengths: torch.Tensor) -> None:
         self.source_length[rows] = lengths
 

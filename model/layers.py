@@ -138,6 +138,18 @@ class DecoderLayer(_Layer):
         x = self._residual(x, self.encoder_attn(h, memory, memory_mask), self.encoder_attn_layer_norm)
         return self._feed_forward(x)
 
+    def prefill(
+        self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` over a target prefix (B, T, d), also returning its self-attention keys and values
+        (B, H, T, D) for the cache: the steps that follow continue from them."""
+        h = self._input(x, self.self_attn_layer_norm)
+        key, value = self.self_attn.project_kv(h)
+        x = self._residual(x, self.self_attn.attend(h, key, value, None, is_causal=True), self.self_attn_layer_norm)
+        h = self._input(x, self.encoder_attn_layer_norm)
+        x = self._residual(x, self.encoder_attn(h, memory, memory_mask), self.encoder_attn_layer_norm)
+        return self._feed_forward(x), key, value
+
     def step(
         self,
         x: torch.Tensor,

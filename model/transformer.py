@@ -154,6 +154,32 @@ class Transformer(nn.Module):
                 value = value.repeat_interleave(repeats, dim=0, output_size=count)
             cache.write_cross(index, rows, key, value)
 
+    def prefill(
+        self,
+        tokens: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        cache: KVCache,
+        rows: torch.Tensor,
+        repeats: torch.Tensor | None = None,
+    ) -> None:
+        """Feed P texts' decoder inputs (P, T) — the start token and a forced target prefix but its last
+        token — in one pass, writing their self-attention K/V at positions 0 .. T-1 of the cache rows (N,)
+        (`repeats` (P,): rows per text, its beams, which get copies). The decoder steps continue at position
+        T; a shorter input padded at its end is harmless: its pads' K/V are never attended (the step
+        masks positions after a row's own) and the steps overwrite them. No logits: the first free token
+        comes from the next step."""
+        count = rows.shape[0]
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self._embed(self.decoder, tokens, positions)
+        mask = memory_mask.bool()[:, None, None, :]
+        for index, layer in enumerate(self.decoder.layers):
+            x, key, value = layer.prefill(x, memory, mask)
+            if repeats is not None:
+                key = key.repeat_interleave(repeats, dim=0, output_size=count)
+                value = value.repeat_interleave(repeats, dim=0, output_size=count)
+            cache.write_self(index, rows, key, value)
+
     def decode_step(
         self,
         tokens: torch.Tensor,

@@ -70,6 +70,7 @@ class _Text:
     index: int
     segments: list[Segment]
     languages: tuple[str | None, str | None] = (None, None)  # the model's (source, target) codes
+    target_prefix: tuple[int, ...] = ()  # the target ids its translation starts with (not split when given)
     hypotheses: list[list[Hypothesis] | None] = field(default_factory=list)
     partial: list[list[int]] = field(default_factory=list)
 
@@ -266,23 +267,29 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
                                request.source_languages, request.target_languages)
         options = self._search_options(request.options, model)
         split = not request.options.HasField("split_sentences") or request.options.split_sentences
+        target_prefixes = self._target_prefixes(request, tokenizer)
         call_texts: list[_Text] = []
         for i, (text, pair) in enumerate(zip(texts, pairs, strict=True)):
             if not text.strip():
                 call_texts.append(_Text(i, [], pair))
                 continue
-            try:
+            try:  # a text with a target prefix is translated whole: the prefix starts its translation
                 segments = segment(text, functools.partial(tokenizer.encode, source_language=pair[0],
                                                            target_language=pair[1]), model.max_source_length,
-                                   pair[0] or model.source_language, split)
+                                   pair[0] or model.source_language, split and not target_prefixes[i])
             except SentenceTooLongError as exc:
                 raise ValidationError(f"texts[{i}]", str(exc)) from None
-            for piece in segments:
+            for j, piece in enumerate(segments):
                 try:
                     core.check(piece.source_ids, options)
                 except ValueError as exc:
                     raise ValidationError(f"texts[{i}]", str(exc)) from None
-            call_texts.append(_Text(i, segments, pair))
+                if j == 0 and target_prefixes[i]:
+                    try:
+                        core.check(piece.source_ids, options, tokenizer.target_prefix(pair[1]) + target_prefixes[i])
+                    except ValueError as exc:
+                        raise ValidationError(f"target_prefixes[{i}]", str(exc)) from None
+            call_texts.append(_Text(i, segments, pair, target_prefix=target_prefixes[i]))
 
         # Partials stream what can no longer change: greedy and one-sample tokens as they come, the prefix
         # that every live beam shares in beam search; n independent samples have no one partial to show.
@@ -290,7 +297,8 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         prefixes = {pair: tokenizer.target_prefix(pair[1]) for pair in set(pairs)}
         engine_texts = [
             Text((text.index, j), options.rows, len(piece.source_ids), options.max_length,
-                 work=NewText(piece.source_ids, options, prefixes[text.languages], stream=stream_tokens))
+                 work=NewText(piece.source_ids, options, prefixes[text.languages], stream=stream_tokens,
+                              target_prefix=text.target_prefix if j == 0 else ()))
             for text in call_texts
             for j, piece in enumerate(text.segments)
         ]
@@ -302,6 +310,20 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
                                  deadline=deadline, priority=_priority(request.priority), label=request_id)
         return _Call(request_id, model, options, request.options.return_scores, call_texts, engine_request,
                      stream_tokens)
+    def _target_prefixes(self, request: Any, tokenizer: Any) -> list[tuple[int, ...]]:
+        """Each text's target prefix as target ids (empty: none)."""
+        given = list(request.target_prefixes)
+        if not given:
+            return [()] * len(request.texts)
+        if len(given) != len(request.texts):
+            raise ValidationError("target_prefixes", f"{len(given)} prefixes for {len(request.texts)} texts: give "
+                                  "none, or one per text ('' for none)")
+        for i, prefix in enumerate(given):
+            if len(prefix) > self.config.max_text_chars:
+                raise ValidationError(f"target_prefixes[{i}]",
+                                      f"{len(prefix)} characters, at most {self.config.max_text_chars}")
+        return [tuple(tokenizer.encode_prefix(prefix)) if prefix.strip() else () for prefix in given]
+
     def _search_options(self, given: Any, model: ServedModel) -> SearchOptions:
         """Request options over the model's defaults, checked against the server's limits."""
         config = self.config
@@ -431,7 +453,8 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         misses = []
         for engine_text in call.request.texts:
             work = engine_text.work
-            key = TranslationCache.key(call.model.name, call.options, work.forced_prefix, work.source_ids)
+            forced = work.prompt or work.forced_prefix  # what the output is made to start with
+            key = TranslationCache.key(call.model.name, call.options, forced, work.source_ids)
             found = self.cache.get(key)
             if found is None:
                 keys[engine_text.text_id] = key

@@ -49,6 +49,10 @@ class Tokenizer(Protocol):
         """The tokens a translation into that language is forced to start with."""
         ...
 
+    def encode_prefix(self, text: str) -> list[int]:
+        """Target ids of `text` without </s>: what a translation that starts with `text` starts with."""
+        ...
+
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str: ...
 
 

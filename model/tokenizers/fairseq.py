@@ -125,6 +125,10 @@ class FairseqTokenizer:
         """The tokens every translation into `target_language` starts with: its code."""
         return (self._code_id(target_language),) if target_language else ()
 
+    def encode_prefix(self, text: str) -> list[int]:
+        """Target pieces of `text` (source and target share the vocabulary), no language code, no </s>."""
+        return self._pieces(text)
+
     def _code_id(self, code: str) -> int:
         if code not in self.codes:
             raise ValueError(f"{code!r} is not one of the tokenizer's language codes")

@@ -227,6 +227,10 @@ class MarianTokenizer:
         """Nothing: a Marian model's target language is a source token (see :meth:`encode`)."""
         return ()
 
+    def encode_prefix(self, text: str) -> list[int]:
+        """Target-side ids of `text` without the ``</s>`` :meth:`encode_target` ends with."""
+        return self.encode_target(text)[:-1]
+
     # The language pair is the model's (or a >>xxx<< token the text may carry itself).
     needs_source_language = False
     needs_target_language = False

@@ -1,0 +1,85 @@
+"""What a target prefix costs: one prefill pass against forcing its tokens one decoder step at a time.
+
+    python -m benchmarks.target_prefix [--texts 16] [--prefix-lengths 4 8 16 32] [--repeats 3] [--threads N]
+
+On the bundled model (or --model DIR), each of ``--texts`` German sentences is translated greedily with a
+target prefix of each length (its own greedy translation's first tokens, repeated as needed), two ways
+over the same engine: ``target_prefixes`` (mtserve's way: the prefix fed in one batched prefill pass
+when the texts join) and ``prefixes`` (the same tokens forced one step each, how the steps force a
+language token). Both give the same tokens; the table gives the median seconds per batch and the ratio.
+Results go to benchmarks/results/<device>-target-prefix.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from .common import (
+    RESULTS,
+    default_threads,
+    detect_device,
+    git_revision,
+    load_sentences,
+    markdown_table,
+    set_torch_threads,
+    write_json,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model directory (default: the bundled model)")
+    parser.add_argument("--texts", type=int, default=16)
+    parser.add_argument("--prefix-lengths", type=int, nargs="+", default=[4, 8, 16, 32])
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate after the prefix")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=default_threads())
+    args = parser.parse_args(argv)
+    set_torch_threads(args.threads)
+    device = detect_device(args.threads, cpu_only=True)
+
+    from mtserve.engine.translator import Translator
+    from mtserve.model.options import SearchOptions
+
+    translator = Translator.load(args.model) if args.model else Translator.load_default(device="cpu")
+    texts, origin = load_sentences(args.texts)
+    sources = [translator.tokenizer.encode(text) for text in texts]
+    seeds = translator.generate(sources, SearchOptions(max_length=64))
+    rows = []
+    for length in args.prefix_lengths:
+        prefixes = []
+        for hypotheses in seeds:
+            tokens = hypotheses[0].token_ids or [translator.config.eos_token_id - 1]
+            prefixes.append(tuple((tokens * (length // len(tokens) + 1))[:length]))
+        options = SearchOptions(max_length=length + args.max_new_tokens)
+        timings: dict[str, list[float]] = {"prefill": [], "forced": []}
+        outputs = {}
+        for _ in range(args.repeats + 1):  # the first round warms up
+            for way in timings:
+                started = time.perf_counter()
+                if way == "prefill":
+                    outputs[way] = translator.generate(sources, options, target_prefixes=prefixes)
+                else:
+                    outputs[way] = translator.generate(sources, options, prefixes=prefixes)
+                timings[way].append(time.perf_counter() - started)
+        same = sum(a[0].token_ids == b[0].token_ids for a, b in zip(outputs["prefill"], outputs["forced"],
+                                                                    strict=True))
+        prefill, forced = (statistics.median(timings[way][1:]) for way in ("prefill", "forced"))
+        rows.append([length, f"{prefill * 1000:.1f}", f"{forced * 1000:.1f}", f"{forced / prefill:.2f}x",
+                     f"{same}/{len(sources)}"])
+    headers = ["prefix tokens", "prefill ms", "token by token ms", "speed-up", "same tokens"]
+    title = (f"Target prefix, {len(sources)} texts ({origin}), greedy, {args.max_new_tokens} tokens after the "
+             f"prefix; {device.line()}; revision {git_revision()}")
+    table = markdown_table(headers, rows)
+    print(f"{title}\n\n{table}")
+    out = Path(RESULTS) / f"{device.tag}-target-prefix"
+    out.with_suffix(".md").write_text(f"{title}\n\n{table}\n", encoding="utf-8")
+    write_json(out.with_suffix(".json"), {"title": title, "headers": headers, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
