@@ -70,6 +70,7 @@ class AsyncTranslationClient:
         self._channel = (grpc.aio.secure_channel(self.target, creds, options=opts) if creds is not None
                          else grpc.aio.insecure_channel(self.target, options=opts))
         self._stub = pb2_grpc.TranslationServiceStub(self._channel)
+        self._admin = pb2_grpc.AdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def translate(
@@ -158,6 +159,17 @@ class AsyncTranslationClient:
     async def list_models(self, *, timeout: float | None = _UNSET) -> list[ModelInfo]:
         response = await self._call(self._stub.ListModels, pb2.ListModelsRequest(), timeout)
         return [model_from_pb(m) for m in response.models]
+
+    async def load_model(self, name: str, path: str, *, make_default: bool = False,
+                         timeout: float | None = _UNSET) -> ModelInfo:
+        """As TranslationClient.load_model."""
+        request = pb2.LoadModelRequest(name=name, path=path, make_default=make_default)
+        return model_from_pb((await self._call(self._admin.LoadModel, request, timeout)).model)
+
+    async def unload_model(self, name: str, *, timeout: float | None = _UNSET) -> int:
+        """As TranslationClient.unload_model."""
+        response = await self._call(self._admin.UnloadModel, pb2.UnloadModelRequest(name=name), timeout)
+        return response.drained_calls
 
     async def health(self, service: str = "", *, timeout: float | None = _UNSET) -> str:
         """The grpc.health.v1 status of ``service`` ("" = the server); not retried."""

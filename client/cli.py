@@ -308,6 +308,39 @@ def _output_note(args: argparse.Namespace, done: _Progress, total: int | None) -
 # -- models -------------------------------------------------------------------------------------
 
 
+def load_main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(prog="mtserve load", description="Load a model into a server started with --admin.")
+    parser.add_argument("name", help="the name requests will use")
+    parser.add_argument("path", help="the model directory, on the server's machine")
+    parser.add_argument("--default", action="store_true", help="requests that name no model go to it from now on")
+    add_connection_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        with TranslationClient(args.server, **connection_kwargs(args)) as client:
+            model = client.load_model(args.name, args.path, make_default=args.default)
+    except TranslationError as e:
+        print(f"mtserve load: {e}", file=sys.stderr)
+        return 1
+    print(f"loaded {model.name} ({model.architecture.parameter_count / 1e6:.1f}M parameters, {model.device}, "
+          f"{model.dtype}){' as the default' if model.is_default else ''}")
+    return 0
+
+
+def unload_main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(prog="mtserve unload", description="Unload a model from a server started with --admin.")
+    parser.add_argument("name")
+    add_connection_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        with TranslationClient(args.server, **connection_kwargs(args)) as client:
+            drained = client.unload_model(args.name)
+    except TranslationError as e:
+        print(f"mtserve unload: {e}", file=sys.stderr)
+        return 1
+    print(f"unloaded {args.name} ({drained} call(s) were still running and finished)")
+    return 0
+
+
 def models_main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="mtserve models", description="List the models a server serves.")
     add_connection_arguments(parser)

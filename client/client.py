@@ -82,6 +82,7 @@ class TranslationClient:
         self._channel = (grpc.secure_channel(self.target, creds, options=opts) if creds is not None
                          else grpc.insecure_channel(self.target, options=opts))
         self._stub = pb2_grpc.TranslationServiceStub(self._channel)
+        self._admin = pb2_grpc.AdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     # -- calls ------------------------------------------------------------------------------------
@@ -172,6 +173,18 @@ class TranslationClient:
     def list_models(self, *, timeout: float | None = _UNSET) -> list[ModelInfo]:
         response = self._call(self._stub.ListModels, pb2.ListModelsRequest(), timeout)
         return [model_from_pb(m) for m in response.models]
+
+    # -- the Admin service (mtserve serve --admin) -----------------------------------------------
+
+    def load_model(self, name: str, path: str, *, make_default: bool = False,
+                   timeout: float | None = _UNSET) -> ModelInfo:
+        """Load the model directory ``path`` (on the server's machine) as ``name``; returns when it serves."""
+        request = pb2.LoadModelRequest(name=name, path=path, make_default=make_default)
+        return model_from_pb(self._call(self._admin.LoadModel, request, timeout).model)
+
+    def unload_model(self, name: str, *, timeout: float | None = _UNSET) -> int:
+        """Unload a model once its calls have ended; returns how many were still running."""
+        return self._call(self._admin.UnloadModel, pb2.UnloadModelRequest(name=name), timeout).drained_calls
 
     def health(self, service: str = "", *, timeout: float | None = _UNSET) -> str:
         """The grpc.health.v1 status of ``service`` ("" = the server): "SERVING", "NOT_SERVING", ...

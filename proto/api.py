@@ -33,6 +33,7 @@ PROTO_ROOT = Path(__file__).resolve().parent
 PROTO_FILE = "mtserve/v1/translation.proto"
 #: Fully qualified service name (for health checks, reflection and metrics).
 SERVICE_NAME = "mtserve.v1.TranslationService"
+ADMIN_SERVICE_NAME = "mtserve.v1.Admin"
 
 _path_lock = threading.Lock()
 
@@ -62,4 +63,4 @@ def _generate() -> tuple[ModuleType, ModuleType]:
 
 pb2, pb2_grpc = _generate()
 
-__all__ = ["PROTO_FILE", "PROTO_ROOT", "SERVICE_NAME", "pb2", "pb2_grpc"]
+__all__ = ["ADMIN_SERVICE_NAME", "PROTO_FILE", "PROTO_ROOT", "SERVICE_NAME", "pb2", "pb2_grpc"]

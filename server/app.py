@@ -14,12 +14,13 @@ import signal
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mtserve.proto.api import SERVICE_NAME, pb2_grpc
+from mtserve.proto.api import ADMIN_SERVICE_NAME, SERVICE_NAME, pb2_grpc
 
+from .admin import AdminService
 from .auth import TokenFile, TokenFileError
 from .config import ServerConfig, configure_logging, render_config
 from .guards import AuthInterceptor, WellFormedInterceptor
-from .health import HealthService
+from .health import HealthService, model_health_name
 from .http.app import HttpServer, build_app
 from .interceptors import MetricsInterceptor
 from .metrics import Metrics, MetricsServer, start_metrics_server
@@ -44,10 +45,6 @@ class PortInUseError(OSError):
             f"using it? Choose another with --{_PORT_FLAGS[which]}"
         )
 
-
-def model_health_name(model: str) -> str:
-    """The grpc.health.v1 service name of one model: NOT_SERVING when its engine has died."""
-    return f"{SERVICE_NAME}/{model}"
 
 #: How long a drain waits for a moment without new calls before it closes the port (see MtserveServer.stop):
 #: as long as a client's backoff after UNAVAILABLE usually is.
@@ -82,8 +79,13 @@ class MtserveServer:
         self.service = TranslationService(self.registry, config, self.metrics)
         pb2_grpc.add_TranslationServiceServicer_to_server(self.service, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        services = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        if config.admin:
+            pb2_grpc.add_AdminServicer_to_server(AdminService(self.registry, self.service, self.health, config),
+                                                 self.grpc)
+            services.append(ADMIN_SERVICE_NAME)
         if not config.no_reflection:
-            enable_reflection([SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], self.grpc)
+            enable_reflection(services, self.grpc)
         self.port = 0
         self.metrics_server: MetricsServer | None = None
         self.http: HttpServer | None = None

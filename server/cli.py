@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "translate": ("mtserve.client.cli", "translate_main", "translate text with a running server"),
     "models": ("mtserve.client.cli", "models_main", "list the models a server serves"),
     "bench": ("mtserve.client.bench", "main", "load-test a server (closed loop, like ghz)"),
+    "load": ("mtserve.client.cli", "load_main", "load a model into a running server (serve --admin)"),
+    "unload": ("mtserve.client.cli", "unload_main", "unload a model from a running server (serve --admin)"),
     "train": ("mtserve.training.train", "main", "train a model (writes the Marian layout)"),
 }
 

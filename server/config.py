@@ -74,6 +74,10 @@ class ServerConfig:
     # Bearer tokens (one per line, "TOKEN" or "NAME TOKEN"; re-read on SIGHUP): calls without one get
     # UNAUTHENTICATED, health checks stay open.
     auth_token_file: str | None = None
+    # The Admin service (load and unload models at run time; server/admin.py); off unless asked for. With
+    # tokens, only the tokens named in admin_tokens may call it.
+    admin: bool = False
+    admin_tokens: tuple[str, ...] = ()
     # gRPC reflection (grpcurl and friends list and describe the API); --no-reflection turns it off.
     no_reflection: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -141,6 +145,13 @@ class ServerConfig:
             raise ValueError("tls_cert and tls_key go together: give both, or neither for plaintext")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        self.admin_tokens = tuple(self.admin_tokens)
+        if self.admin_tokens and not (self.admin and self.auth_token_file):
+            raise ValueError("admin_tokens names tokens of auth_token_file that may call the Admin service: "
+                             "it needs admin and auth_token_file")
+        if self.admin and self.auth_token_file and not self.admin_tokens:
+            raise ValueError("admin with auth_token_file needs admin_tokens: the names of the tokens that may "
+                             "load and unload models")
         if self.max_texts_per_caller is None and isinstance(self.max_queue, int) and isinstance(
                 self.max_batch_rows, int):
             self.max_texts_per_caller = self.max_batch_rows + max(1, self.max_queue // 2)
@@ -306,6 +317,9 @@ _FLAGS = (
     _Flag("tls_key", str, "TLS: the server's private key (PEM); re-read on SIGHUP", "FILE"),
     _Flag("tls_client_ca", str, "mutual TLS: clients must present a certificate this CA (PEM) signed", "FILE"),
     _Flag("auth_token_file", str, "bearer tokens, one per line (TOKEN or NAME TOKEN); re-read on SIGHUP", "FILE"),
+    _Flag("admin", boolean, "serve the Admin service: load and unload models at run time", switch=True),
+    _Flag("admin_tokens", _models, "names of the --auth-token-file tokens that may call the Admin service "
+          "(comma-separated)", "NAMES"),
     _Flag("no_reflection", boolean, "do not serve gRPC reflection", switch=True),
     _Flag("device", str, "auto (cuda when there is one), cpu, cuda or cuda:N"),
     _Flag("dtype", str, "auto, float32, float16 or bfloat16"),
@@ -351,6 +365,8 @@ _SHOWN_DEFAULTS = {
     "tls_client_ca": "none (no client certificates)",
     "auth_token_file": "none (no tokens)",
     "no_reflection": "reflection on",
+    "admin": "off",
+    "admin_tokens": "none",
     "max_texts_per_caller": "--max-batch-rows + half of --max-queue",
 }
 

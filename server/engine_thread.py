@@ -50,6 +50,7 @@ class EngineThread:
         self.error: BaseException | None = None  # set when the loop died
         self._submit_lock = threading.Lock()  # orders submissions against the death of the loop
         self._stop = threading.Event()
+        self._closed = False  # unloaded: submissions are refused
         self._thread: threading.Thread | None = None
 
     @property
@@ -67,6 +68,16 @@ class EngineThread:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def close(self, timeout: float = 10.0) -> None:
+        """The model is unloaded: refuse new requests (EngineDeadError), stop the thread, and end whatever
+        is left (nothing, after a drain) as FAILED."""
+        with self._submit_lock:
+            self._closed = True
+        self.stop(timeout)
+        error = EngineDeadError(self.name, RuntimeError("the model was unloaded"))
+        self._deliver([TextEvent(a.text, finish_reason=a.reason, error=error)
+                       for a in self.scheduler.abort_all(FinishReason.FAILED)])
+
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self.error is None
@@ -79,6 +90,8 @@ class EngineThread:
         with self._submit_lock:
             if self.error is not None:
                 raise EngineDeadError(self.name, self.error)
+            if self._closed:
+                raise EngineDeadError(self.name, RuntimeError("the model was unloaded"))
             self.core.submit(request)
 
     def cancel(self, request_id: Hashable) -> None:

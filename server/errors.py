@@ -10,6 +10,9 @@ ValidationError            INVALID_ARGUMENT     invalid_argument
 ModelNotFoundError         INVALID_ARGUMENT     model_not_found
 QueueFullError (engine)    RESOURCE_EXHAUSTED   queue_full
 CallerLimitError           RESOURCE_EXHAUSTED   caller_limit
+ModelExistsError (admin)   ALREADY_EXISTS       model_exists
+DefaultModelError (admin)  FAILED_PRECONDITION  default_model
+PermissionDeniedError      PERMISSION_DENIED    permission_denied
 DrainingError              UNAVAILABLE          draining
 NotReadyError              UNAVAILABLE          not_ready
 EngineDeadError (engine)   UNAVAILABLE          engine_stopped
@@ -91,6 +94,35 @@ class CallerLimitError(MtserveError):
             f"this caller has {in_flight} texts in flight and this call needs {needed}, at most {limit} "
             f"(--max-texts-per-caller); wait for some to finish"
         )
+
+
+class ModelExistsError(MtserveError):
+    """LoadModel names a model the server already serves."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "model_exists"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"name: the server already serves a model named {excerpt(name)!r}; unload it first "
+                         "or choose another name")
+
+
+class DefaultModelError(MtserveError):
+    """UnloadModel names the default model."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "default_model"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"name: {excerpt(name)!r} is the default model and cannot be unloaded; make another "
+                         "model the default first (LoadModel with make_default)")
+
+
+class PermissionDeniedError(MtserveError):
+    """The caller's token may not make this call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "permission_denied"
 
 
 class UnavailableError(MtserveError):
@@ -186,10 +218,13 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoRetu
 __all__ = [
     "CallerLimitError",
     "DeadlineExceededError",
+    "DefaultModelError",
     "DrainingError",
+    "ModelExistsError",
     "ModelNotFoundError",
     "MtserveError",
     "NotReadyError",
+    "PermissionDeniedError",
     "RequestCancelledError",
     "Status",
     "UnavailableError",

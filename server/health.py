@@ -11,6 +11,13 @@ from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
+from mtserve.proto.api import SERVICE_NAME
+
+
+def model_health_name(model: str) -> str:
+    """The grpc.health.v1 service name of one model: NOT_SERVING when its engine has died."""
+    return f"{SERVICE_NAME}/{model}"
+
 
 class HealthService(health.aio.HealthServicer):
     def __init__(self) -> None:
@@ -21,6 +28,13 @@ class HealthService(health.aio.HealthServicer):
         if not self._gracefully_shutting_down:
             self._statuses[service] = status
         await super().set(service, status)
+
+    async def forget(self, service: str) -> None:
+        """A service that is gone (an unloaded model): its watchers see NOT_SERVING, List no longer names it,
+        and Check answers NOT_FOUND, as for a service never known."""
+        await super().set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._statuses.pop(service, None)
+        self._server_status.pop(service, None)  # grpcio-health-checking's table: what Check reads
 
     async def enter_graceful_shutdown(self) -> None:
         self._statuses = dict.fromkeys(self._statuses, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -23,6 +23,7 @@ so several servers can run in one process (as the tests do).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -185,6 +186,16 @@ class Metrics:
                        self.texts_waiting, self.rows_in_use, self.batch_size, self.kv_cache_usage):
             metric.labels(model=model)
         self.engine_up.labels(model=model).set(1)
+
+    def remove_model(self, model: str) -> None:
+        """An unloaded model: its per-model series go (what it served stays in the request and token
+        counters' other series until the process restarts)."""
+        for metric in (self.model_info, self.model_load_seconds, self.time_to_first_token,
+                       self.time_per_output_token, self.queue_wait, self.input_tokens, self.generated_tokens,
+                       self.texts_running, self.texts_waiting, self.rows_in_use, self.batch_size,
+                       self.kv_cache_usage, self.engine_up):
+            with contextlib.suppress(KeyError):
+                metric.remove(model)
 
     def observe_request(self, model: str, code: grpc.StatusCode | None, seconds: float) -> None:
         self.request_duration.labels(model=model, code=code_label(code)).observe(seconds)

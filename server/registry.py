@@ -18,7 +18,7 @@ from mtserve.model.languages import LanguageCodes
 
 from .config import ModelSpec, ServerConfig
 from .engine_thread import EngineThread
-from .errors import DrainingError, ModelNotFoundError, NotReadyError
+from .errors import DefaultModelError, DrainingError, ModelExistsError, ModelNotFoundError, NotReadyError
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,31 @@ class ModelRegistry:
             "encoder_layers": str(config.encoder_layers),
             "decoder_layers": str(config.decoder_layers),
         }
+
+    def add(self, spec: ModelSpec, *, make_default: bool = False) -> ServedModel:
+        """Load one more model while serving (blocking: off the event loop); it serves once this returns."""
+        if spec.name in self.models:
+            raise ModelExistsError(spec.name)
+        model = self._load_one(spec, is_default=False)
+        self.models[spec.name] = model
+        if make_default:
+            self.default_name = spec.name
+            for other in self.models.values():
+                other.is_default = other.name == spec.name
+        return model
+
+    def remove(self, name: str) -> ServedModel:
+        """Take a model out: calls that name it from now on find no such model. Its engine keeps running
+        what it has; the caller stops it (engine.close) once the calls for it have ended."""
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFoundError(name, self.models)
+        if model.is_default:
+            raise DefaultModelError(name)
+        del self.models[name]
+        if self.metrics is not None:
+            self.metrics.remove_model(name)
+        return model
 
     def get(self, name: str) -> ServedModel:
         """The model a request names ('' = the default); raises for unknown names, draining, not ready,

@@ -14,6 +14,7 @@ trailing metadata and named in every log line about the call, and one access-log
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
 import itertools
@@ -122,6 +123,7 @@ class _Outcome:
     input_tokens: int = 0
     output_tokens: int = 0
     accepted: bool = False  # counted in TranslationService.accepted_calls
+    counted_for: str | None = None  # the model it is counted for in TranslationService.calls_by_model
 
 
 class TranslationService(pb2_grpc.TranslationServiceServicer):
@@ -132,6 +134,8 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         #: Calls an engine accepted and has not finished; draining waits for this to reach 0 (calls it is
         #: rejecting do not count: retrying clients must not keep a drain waiting).
         self.accepted_calls = 0
+        #: Calls in flight per model, from their preparation to their end: unloading a model waits for 0.
+        self.calls_by_model: collections.Counter[str] = collections.Counter()
         #: When the last translation call arrived (the event loop's clock): a drain waits for a quiet moment.
         self.last_call_time = 0.0
         # Set while a drain closes the port: calls refused meanwhile wait for it (MtserveServer.stop).
@@ -211,7 +215,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             except DrainingError as exc:
                 status = status_for(exc)
                 await context.abort(status.code, status.details)
-        return pb2.ListModelsResponse(models=[self._model_info(m) for m in self.registry.ordered()])
+        return pb2.ListModelsResponse(models=[self.model_info(m) for m in self.registry.ordered()])
 
     # -- preparing a call -------------------------------------------------------------------------
 
@@ -241,7 +245,8 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             call = await loop.run_in_executor(
                 self._prepare_pool, self._build_call, request, outcome.request_id, deadline, stream
             )
-        outcome.model = call.model.name
+        outcome.model = outcome.counted_for = call.model.name
+        self.calls_by_model[call.model.name] += 1
         outcome.input_tokens = sum(t.input_tokens for t in call.texts)
         return call
 
@@ -511,7 +516,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
             pieces.append(decode(hypotheses[0].token_ids))
         return join(pieces, text.segments[:len(pieces)])
 
-    def _model_info(self, model: ServedModel) -> Any:
+    def model_info(self, model: ServedModel) -> Any:
         config = model.translator.config
         tokenizer = model.translator.tokenizer
         return pb2.ModelInfo(
@@ -562,6 +567,11 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         if outcome.accepted:
             outcome.accepted = False
             self.accepted_calls -= 1
+        if outcome.counted_for is not None:
+            self.calls_by_model[outcome.counted_for] -= 1
+            if not self.calls_by_model[outcome.counted_for]:
+                del self.calls_by_model[outcome.counted_for]
+            outcome.counted_for = None
 
     def _end(self, context: grpc.aio.ServicerContext, outcome: _Outcome, code: grpc.StatusCode) -> None:
         seconds = time.monotonic() - outcome.started

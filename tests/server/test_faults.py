@@ -16,7 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mtserve.engine.scheduler import Text
 from mtserve.proto.api import SERVICE_NAME, pb2, pb2_grpc
-from mtserve.server.app import PortInUseError, model_health_name
+from mtserve.server.app import PortInUseError
+from mtserve.server.health import model_health_name
 
 
 def _endless(max_length: int, text: str = "Tom reads the house.") -> Any:

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from mtserve.client import TranslationClient
 from mtserve.proto.api import SERVICE_NAME
-from mtserve.server.app import model_health_name
+from mtserve.server.health import model_health_name
 
 
 def grpcurl(server: Any, *args: str, data: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
