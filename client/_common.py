@@ -132,6 +132,8 @@ class DecodingOptions:
     seed: int | None = None
     early_stopping: bool | None = None
     split_sentences: bool | None = None  # None/True: each text split into sentences; False: each text whole
+    return_alignments: bool = False
+    replace_unknowns: bool = False
 
 
 def build_request(
@@ -189,6 +191,9 @@ def result_from_pb(result: pb2.TranslationResult, model: str) -> TranslationResu
         max_length_reached=result.max_length_reached,
         source_language=result.source_language,
         target_language=result.target_language,
+        source_tokens=list(result.source_tokens),
+        target_tokens=list(result.target_tokens),
+        alignment=list(result.alignment),
     )
 
 

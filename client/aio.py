@@ -89,6 +89,8 @@ class AsyncTranslationClient:
         seed: int | None = None,
         early_stopping: bool | None = None,
         split_sentences: bool | None = None,
+        return_alignments: bool = False,
+        replace_unknowns: bool = False,
         source_language: str | Sequence[str] | None = None,
         target_language: str | Sequence[str] | None = None,
         priority: str | None = None,
@@ -98,7 +100,7 @@ class AsyncTranslationClient:
         """Translate ``texts``; one result per text, in order. None options take the server's defaults."""
         options = DecodingOptions(beam_size, max_length, length_penalty, num_hypotheses, return_scores,
                                   sampling_temperature, sampling_topk, sampling_topp, seed, early_stopping,
-                                  split_sentences)
+                                  split_sentences, return_alignments, replace_unknowns)
         request = build_request(texts, model, options, source_language, target_language, priority=priority,
                                 target_prefix=target_prefix)
         response = await self._call(self._stub.Translate, request, timeout)
@@ -121,6 +123,8 @@ class AsyncTranslationClient:
         seed: int | None = None,
         early_stopping: bool | None = None,
         split_sentences: bool | None = None,
+        return_alignments: bool = False,
+        replace_unknowns: bool = False,
         source_language: str | Sequence[str] | None = None,
         target_language: str | Sequence[str] | None = None,
         priority: str | None = None,
@@ -134,7 +138,7 @@ class AsyncTranslationClient:
         """
         options = DecodingOptions(beam_size, max_length, length_penalty, num_hypotheses, return_scores,
                                   sampling_temperature, sampling_topk, sampling_topp, seed, early_stopping,
-                                  split_sentences)
+                                  split_sentences, return_alignments, replace_unknowns)
         request = build_request(texts, model, options, source_language, target_language, partial, priority,
                                 target_prefix)
         deadline = deadline_after(self.timeout if timeout is _UNSET else timeout)

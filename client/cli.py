@@ -73,13 +73,15 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
                    help="every translation starts with TEXT and goes on from there")
     g.add_argument("--priority", choices=PRIORITIES,
                    help="admission class: interactive calls go before normal ones, batch ones after (never starved)")
+    g.add_argument("--replace-unknowns", action="store_true",
+                   help="each <unk> of a translation becomes the source piece it is aligned to")
     g.add_argument("--no-split-sentences", dest="split_sentences", action="store_false", default=None,
                    help="translate each text whole, not sentence by sentence")
 
 
 _DECODING = ("model", "source_language", "target_language", "beam_size", "max_length", "length_penalty",
              "num_hypotheses", "return_scores", "sampling_temperature", "sampling_topk", "sampling_topp", "seed",
-             "early_stopping", "split_sentences", "priority", "target_prefix")
+             "early_stopping", "split_sentences", "priority", "target_prefix", "replace_unknowns")
 
 
 def decoding_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -61,6 +61,11 @@ class TranslationResult:
     #: The languages used, as the model's codes ("deu_Latn"); "" where the model declares none.
     source_language: str = ""
     target_language: str = ""
+    #: With return_alignments: the source tokens, the best translation's tokens, and for each of those the
+    #: index of its aligned source token.
+    source_tokens: list[str] = field(default_factory=list)
+    target_tokens: list[str] = field(default_factory=list)
+    alignment: list[int] = field(default_factory=list)
 
     @property
     def score(self) -> float | None:

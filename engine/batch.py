@@ -40,6 +40,7 @@ class NewText:
     #: prefill pass when the text joins (the search scores only what follows, as Transformers scores what
     #: follows decoder_input_ids).
     target_prefix: tuple[int, ...] = ()
+    align: bool = False  # give each hypothesis its source alignment (model/alignment.py)
 
     @property
     def prompt(self) -> tuple[int, ...]:

@@ -32,11 +32,12 @@ from typing import Literal
 
 import torch
 
+from mtserve.model.alignment import align
 from mtserve.model.options import SearchOptions
-from mtserve.model.search import Plan
+from mtserve.model.search import Hypothesis, Plan
 from mtserve.model.transformer import Transformer
 
-from .batch import Batch
+from .batch import Batch, Slot
 from .events import FinishReason, TextEvent
 from .scheduler import Request, Scheduler, Text
 
@@ -106,6 +107,19 @@ class EngineCore:
                 if event.finished:
                     last[event.text] = event
         return [last[text] for text in request.texts]
+
+    def _complete(self, slot: Slot, hypotheses: list[Hypothesis]) -> list[Hypothesis]:
+        """A finished text's hypotheses as the caller gets them: its prefilled prompt in front, and the
+        source token each output token is aligned to when asked for (model/alignment.py)."""
+        prompt = list(slot.work.prompt)
+        if prompt:
+            hypotheses = [replace(h, token_ids=prompt + h.token_ids) for h in hypotheses]
+        if slot.work.align:  # the hypotheses a caller gets: the n-best list's
+            wanted = hypotheses[: slot.options.num_hypotheses]
+            alignments = align(self.batch.model, slot.work.source_ids, [h.token_ids for h in wanted])
+            hypotheses = [replace(h, alignment=a) for h, a in zip(wanted, alignments, strict=True)] + hypotheses[
+                len(wanted):]
+        return hypotheses
 
     def check(self, source_ids: Sequence[int], options: SearchOptions, prompt: Sequence[int] = ()) -> None:
         """ValueError when this model cannot decode the text at all (too long, max_length too big, a target
@@ -181,6 +195,8 @@ class EngineCore:
                 try:
                     self._probe("advance", [text])
                     plan = slot.search.advance(selections[index], self.batch.eos_id)
+                    if plan.finished and plan.hypotheses:
+                        plan.hypotheses = self._complete(slot, plan.hypotheses)
                 except Exception as exc:
                     failed[index] = exc
             plans.append(plan)
@@ -194,10 +210,8 @@ class EngineCore:
             if emitted and prompt and not slot.prompt_emitted:  # the output starts with the prompt
                 emitted, slot.prompt_emitted = prompt + emitted, True
             if plan.finished:
-                if prompt and plan.hypotheses:
-                    plan.hypotheses = [replace(h, token_ids=prompt + h.token_ids) for h in plan.hypotheses]
-                    if slot.work.stream and not slot.prompt_emitted:
-                        emitted = prompt + emitted
+                if prompt and slot.work.stream and not slot.prompt_emitted:
+                    emitted = prompt + emitted
                 news.append(TextEvent(text, emitted, plan.hypotheses, _finish_reason(plan)))
             elif emitted:
                 news.append(TextEvent(text, emitted))

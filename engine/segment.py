@@ -21,6 +21,7 @@ import pysbd
 from pysbd.languages import LANGUAGE_CODES
 
 from mtserve.model.search import Hypothesis
+from mtserve.model.tokenizers import Tokenizer
 
 #: Sentence rules for languages pysbd has none for (its English rules: . ! ? and line breaks).
 FALLBACK_LANGUAGE = "en"
@@ -32,6 +33,7 @@ class Segment:
 
     source_ids: list[int]
     separator: str
+    text: str = ""  # the source text it stands for (what alignments and replace_unknowns point into)
 
 
 class SentenceTooLongError(ValueError):
@@ -88,7 +90,7 @@ def segment(text: str, encode: Callable[[str], list[int]], max_tokens: int,
     if not split or not might_hold_several_sentences(text):
         ids = encode(text)
         if len(ids) <= max_tokens:
-            return [Segment(ids, "")]
+            return [Segment(ids, "", text)]
     sentences = split_sentences(text, language)
     if len(sentences) == 1:
         sentences = [(text, "")]
@@ -97,7 +99,7 @@ def segment(text: str, encode: Callable[[str], list[int]], max_tokens: int,
         sentence_ids = encode(sentence)
         if len(sentence_ids) > max_tokens:
             raise SentenceTooLongError(len(sentence_ids), max_tokens, sentence.strip())
-        segments.append(Segment(sentence_ids, separator))
+        segments.append(Segment(sentence_ids, separator, sentence))
     return segments
 
 
@@ -110,25 +112,39 @@ class Joined:
     score: float  # the mean of the sentences' scores
     output_tokens: int
     max_length_reached: bool
+    #: Per token of token_ids, the index of its aligned source token among the text's source tokens (every
+    #: sentence's, in order); None unless alignments were asked for.
+    alignment: list[int] | None = None
 
 
 def join_hypotheses(per_segment: Sequence[Sequence[Hypothesis]], segments: Sequence[Segment],
-                    decode: Callable[[list[int]], str], count: int) -> list[Joined]:
+                    decode: Callable[[int, Hypothesis], str], count: int) -> list[Joined]:
     """Up to `count` hypotheses of a text, best first: rank k joins each sentence's k-th hypothesis (its
-    last one where it has fewer)."""
+    last one where it has fewer). `decode(j, hypothesis)` is the text of sentence j's hypothesis."""
     count = max(1, min(count, max(len(h) for h in per_segment)))
+    offsets = [sum(len(s.source_ids) for s in segments[:j]) for j in range(len(segments))]
     joined = []
     for rank in range(count):
         chosen = [h[min(rank, len(h) - 1)] for h in per_segment]
+        aligned = all(h.alignment is not None for h in chosen)
         joined.append(Joined(
-            text=join([decode(h.token_ids) for h in chosen], list(segments)),
+            text=join([decode(j, h) for j, h in enumerate(chosen)], list(segments)),
             token_ids=[token for h in chosen for token in h.token_ids],
             score=sum(h.score for h in chosen) / len(chosen),
             # What the decoder generated: the sentence's tokens and its </s>, unless the length limit ended it.
             output_tokens=sum(len(h.token_ids) + (0 if h.stopped_by_length else 1) for h in chosen),
             max_length_reached=any(h.max_length_reached for h in chosen),
+            alignment=[offsets[j] + a for j, h in enumerate(chosen) for a in h.alignment or ()] if aligned else None,
         ))
     return joined
+
+
+def hypothesis_text(tokenizer: Tokenizer, hypothesis: Hypothesis, source_pieces: Sequence[str] | None = None) -> str:
+    """A sentence's hypothesis as text; given its source pieces (and an alignment), each ``<unk>``
+    replaced by the source piece it is aligned to (replace_unknowns)."""
+    if source_pieces is not None and hypothesis.alignment is not None:
+        return tokenizer.decode_replacing_unknowns(hypothesis.token_ids, source_pieces, hypothesis.alignment)
+    return tokenizer.decode(hypothesis.token_ids)
 
 
 def join(translations: list[str], segments: list[Segment]) -> str:

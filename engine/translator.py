@@ -38,7 +38,7 @@ from mtserve.model.transformer import Transformer
 from .batch import NewText
 from .core import EngineCore
 from .scheduler import Request, Scheduler, Text
-from .segment import join_hypotheses, segment
+from .segment import hypothesis_text, join_hypotheses, segment
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class TranslationHypothesis:
     token_ids: list[int]
     score: float
     max_length_reached: bool = False
+    #: With return_alignments: per token, the index of its aligned source token (see source_tokens).
+    alignment: list[int] | None = None
 
 
 @dataclass
@@ -72,6 +74,9 @@ class Translation:
     #: Tokens the decoder generated for the best hypothesis, each sentence's </s> included unless the length
     #: limit ended it (what the server reports as output_tokens).
     output_tokens: int = 0
+    #: With return_alignments: the best hypothesis's alignment, and the source pieces it points into.
+    alignment: list[int] | None = None
+    source_tokens: list[str] = field(default_factory=list)
 
 
 class Translator:
@@ -156,18 +161,19 @@ class Translator:
         options: SearchOptions,
         prefixes: Sequence[tuple[int, ...]] | None = None,
         target_prefixes: Sequence[Sequence[int]] | None = None,
+        align: bool = False,
     ) -> list[list[Hypothesis]]:
         """Decode token-id sources (each ending in </s>); returns each source's hypotheses, best first.
         `prefixes`: per source, the tokens its output is forced to start with (a target-language token);
         `target_prefixes`: per source, target ids its output continues from (after `prefixes`), fed in one
         prefill pass; they are part of the hypotheses' tokens and count toward max_length, and the scores
-        cover what follows them."""
+        cover what follows them. `align`: each hypothesis gets its source alignment (model/alignment.py)."""
         # Rows for what is asked, not max_batch_rows; a core (and its KV cache) of that size is kept for
         # the next call, since allocating a cache costs more than zeroing it (page faults on fresh memory).
         rows = max(options.rows, min(self.max_batch_rows, len(sources) * options.rows))
         core = self._take_core(rows)
         works = [NewText(list(source), options, tuple(prefixes[index]) if prefixes else (),
-                         target_prefix=tuple(target_prefixes[index]) if target_prefixes else ())
+                         target_prefix=tuple(target_prefixes[index]) if target_prefixes else (), align=align)
                  for index, source in enumerate(sources)]
         for work in works:
             core.check(work.source_ids, options, work.prompt)
@@ -195,6 +201,8 @@ class Translator:
         target_language: str | Sequence[str] | None = None,
         split_sentences: bool = True,
         target_prefix: str | Sequence[str] | None = None,
+        return_alignments: bool = False,
+        replace_unknowns: bool = False,
         **options: Any,
     ) -> list[Translation]:
         """Translate each text. Options are those of :class:`SearchOptions`; the n-best list is
@@ -206,6 +214,9 @@ class Translator:
 
         ``target_prefix`` (one for all texts or one per text; '' for none): the translation starts with it
         and goes on from there (interactive or post-editing translation). A text with one is not split.
+        ``return_alignments``: each hypothesis's source alignment (model/alignment.py) and the source
+        pieces it points into; ``replace_unknowns``: each ``<unk>`` in a translation becomes the source
+        piece it is aligned to.
 
         Languages, as the model's own codes or BCP-47 tags, one for all texts or one per text: needed by
         multilingual models (NLLB, M2M100, MBart-50), checked against a single-pair model's own; a
@@ -232,20 +243,27 @@ class Translator:
         prefixes = [tokenizer.target_prefix(pairs[i][1]) for i, _ in owners]
         target_prefixes = [tokenizer.encode_prefix(asked_prefixes[i]) if asked_prefixes[i] and j == 0 else []
                            for i, j in owners]
-        outputs = self.generate(sources, search, prefixes, target_prefixes)
+        align = return_alignments or replace_unknowns
+        outputs = self.generate(sources, search, prefixes, target_prefixes, align=align)
         per_text: dict[int, list[list[Hypothesis]]] = {i: [] for i in indices}
         for (owner, _), hypotheses in zip(owners, outputs, strict=True):
             per_text[owner].append(hypotheses)
         results = [Translation("", [], 0.0, source_language=s or "", target_language=t or "") for s, t in pairs]
         for index in indices:
-            joined = join_hypotheses(per_text[index], segments[index], self.tokenizer.decode,
-                                     search.num_hypotheses)
-            nbest = [TranslationHypothesis(j.text, j.token_ids, j.score, j.max_length_reached) for j in joined]
+            pieces = ([tokenizer.source_pieces(s.text, *pairs[index]) for s in segments[index]] if align else [])
+
+            def decode(j: int, hypothesis: Hypothesis, pieces: list[list[str]] = pieces) -> str:
+                return hypothesis_text(tokenizer, hypothesis, pieces[j] if replace_unknowns else None)
+
+            joined = join_hypotheses(per_text[index], segments[index], decode, search.num_hypotheses)
+            nbest = [TranslationHypothesis(j.text, j.token_ids, j.score, j.max_length_reached,
+                                           j.alignment if return_alignments else None) for j in joined]
             best = nbest[0]
             results[index] = Translation(
                 best.text, best.token_ids, best.score, nbest if search.num_hypotheses > 1 else [],
                 sum(len(piece.source_ids) for piece in segments[index]), best.max_length_reached,
                 *(code or "" for code in pairs[index]), joined[0].output_tokens,
+                best.alignment, [piece for p in pieces for piece in p] if return_alignments else [],
             )
         return results
 

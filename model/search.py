@@ -46,6 +46,8 @@ class Hypothesis:
     # The output is max_length tokens long, </s> included: decoding stopped at the limit, or may have (a
     # forced-EOS model, as OPUS-MT models are, is made to end with </s> there). Clients are told.
     max_length_reached: bool = False
+    #: Per token, the index of the source token it is aligned to (model/alignment.py), when asked for.
+    alignment: list[int] | None = None
 
 
 @dataclass

@@ -34,7 +34,7 @@ from mtserve.engine.batch import NewText
 from mtserve.engine.errors import QueueFullError
 from mtserve.engine.events import FinishReason, TextEvent
 from mtserve.engine.scheduler import Request, Text
-from mtserve.engine.segment import Segment, SentenceTooLongError, join, join_hypotheses, segment
+from mtserve.engine.segment import Segment, SentenceTooLongError, hypothesis_text, join, join_hypotheses, segment
 from mtserve.model.options import MAX_LENGTH_PENALTY, SearchOptions, asks_for_sampling, merge_defaults
 from mtserve.model.search import Hypothesis
 from mtserve.proto.api import pb2, pb2_grpc
@@ -97,6 +97,8 @@ class _Call:
     texts: list[_Text]
     request: Request  # what the engine decodes: one text per sentence
     stream_partial: bool
+    return_alignments: bool = False
+    replace_unknowns: bool = False
 
 
 def _priority(given: int) -> int:
@@ -273,6 +275,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         options = self._search_options(request.options, model)
         split = not request.options.HasField("split_sentences") or request.options.split_sentences
         target_prefixes = self._target_prefixes(request, tokenizer)
+        align = request.options.return_alignments or request.options.replace_unknowns
         call_texts: list[_Text] = []
         for i, (text, pair) in enumerate(zip(texts, pairs, strict=True)):
             if not text.strip():
@@ -303,7 +306,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         engine_texts = [
             Text((text.index, j), options.rows, len(piece.source_ids), options.max_length,
                  work=NewText(piece.source_ids, options, prefixes[text.languages], stream=stream_tokens,
-                              target_prefix=text.target_prefix if j == 0 else ()))
+                              target_prefix=text.target_prefix if j == 0 else (), align=align))
             for text in call_texts
             for j, piece in enumerate(text.segments)
         ]
@@ -314,7 +317,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         engine_request = Request(next(_engine_request_ids), engine_texts, arrival_time=time.monotonic(),
                                  deadline=deadline, priority=_priority(request.priority), label=request_id)
         return _Call(request_id, model, options, request.options.return_scores, call_texts, engine_request,
-                     stream_tokens)
+                     stream_tokens, request.options.return_alignments, request.options.replace_unknowns)
     def _target_prefixes(self, request: Any, tokenizer: Any) -> list[tuple[int, ...]]:
         """Each text's target prefix as target ids (empty: none)."""
         given = list(request.target_prefixes)
@@ -452,7 +455,8 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
     def _answer_from_cache(self, call: _Call) -> dict[Any, Key]:
         """Fill the sentences the cache knows and take them out of the engine's request; the keys of the
         others, for keeping their results."""
-        if self.cache is None or not cacheable(call.options) or not call.request.texts:
+        if (self.cache is None or not cacheable(call.options) or not call.request.texts or call.return_alignments
+                or call.replace_unknowns):  # the cache keeps tokens, not alignments
             return {}
         keys: dict[Any, Key] = {}
         misses = []
@@ -484,7 +488,13 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         )  # fmt: skip
         if not text.segments:
             return result
-        decode = call.model.translator.tokenizer.decode
+        tokenizer = call.model.translator.tokenizer
+        aligned = call.return_alignments or call.replace_unknowns
+        pieces = [tokenizer.source_pieces(s.text, source, target) for s in text.segments] if aligned else []
+
+        def decode(j: int, hypothesis: Hypothesis) -> str:
+            return hypothesis_text(tokenizer, hypothesis, pieces[j] if call.replace_unknowns else None)
+
         hypotheses = []
         for joined in join_hypotheses([h or [] for h in text.hypotheses], text.segments, decode,
                                       call.options.num_hypotheses):
@@ -492,6 +502,9 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
                                         max_length_reached=joined.max_length_reached)
             if call.return_scores:
                 hypothesis.score = joined.score
+            if call.return_alignments and joined.alignment is not None:
+                hypothesis.target_tokens.extend(tokenizer.target_tokens(joined.token_ids))
+                hypothesis.alignment.extend(joined.alignment)
             hypotheses.append(hypothesis)
         best = hypotheses[0]
         result.text = best.text
@@ -499,6 +512,10 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         result.max_length_reached = best.max_length_reached
         if call.return_scores:
             result.score = best.score
+        if call.return_alignments:
+            result.source_tokens.extend(piece for p in pieces for piece in p)
+            result.target_tokens.extend(best.target_tokens)
+            result.alignment.extend(best.alignment)
         if call.options.num_hypotheses > 1:
             result.hypotheses.extend(hypotheses)
         outcome.output_tokens += best.output_tokens

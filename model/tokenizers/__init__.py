@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -54,6 +54,23 @@ class Tokenizer(Protocol):
         ...
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str: ...
+
+    def source_pieces(self, text: str, source_language: str | None = None,
+                      target_language: str | None = None) -> list[str]:
+        """One string per id of ``encode(text, ...)``: the piece of the text it stands for (an unknown
+        piece's own text, not "<unk>"), or the special token's name."""
+        ...
+
+    def target_tokens(self, ids: Iterable[int]) -> list[str]:
+        """The target-side token of each id, special ones included."""
+        ...
+
+    def decode_replacing_unknowns(self, ids: Sequence[int], source_pieces: Sequence[str],
+                                  alignment: Sequence[int]) -> str:
+        """:meth:`decode`, each ``<unk>`` replaced by the source piece it is aligned to (from
+        :meth:`source_pieces`; dropped when that is a special token such as ``</s>``): names and rare words
+        the target vocabulary lacks come through."""
+        ...
 
 
 def choose_languages(

@@ -152,6 +152,41 @@ class FairseqTokenizer:
 
     # -- decoding ----------------------------------------------------------------------------------
 
+    def target_tokens(self, ids: Iterable[int]) -> list[str]:
+        """The token of each id (one vocabulary for both sides), special ones and language codes included."""
+        names = {**{i: c for c, i in self.codes.items()}, **{i: t for t, i in _FAIRSEQ_SPECIALS.items()}}
+        return [self._piece_of.get(i) or names.get(i, "<unk>") for i in map(int, ids)]
+
+    def source_pieces(self, text: str, source_language: str | None = None,
+                      target_language: str | None = None) -> list[str]:
+        """One string per id of :meth:`encode`; SentencePiece's own pieces where no added token occurs
+        (so an unknown piece keeps its text), else the tokens of the ids."""
+        ids = self.encode(text, source_language, target_language)
+        body = text.rstrip() if self._whitespace_piece else text
+        if self._added.occur_in(body):
+            return self.target_tokens(ids)
+        pieces = self._spm.encode(body, out_type=str)
+        code = [source_language] if source_language else []
+        layout = [*pieces, "</s>", *code] if self.legacy_behaviour else [*code, *pieces, "</s>"]
+        return layout if len(layout) == len(ids) else self.target_tokens(ids)
+
+    def decode_replacing_unknowns(self, ids: Sequence[int], source_pieces: Sequence[str],
+                                  alignment: Sequence[int]) -> str:
+        pieces: list[str] = []
+        for position, token_id in enumerate(map(int, ids)):
+            if token_id == self.unk_id:
+                piece = source_pieces[alignment[position]]
+                if piece != "</s>" and piece not in self.codes:
+                    pieces.append(piece)
+            elif token_id not in self.special_ids and token_id in self._piece_of:
+                pieces.append(self._piece_of[token_id])
+        if self._whitespace_piece:
+            text = "".join(pieces).replace(SPIECE_UNDERLINE, " ")
+            text = text[1:] if text.startswith(" ") else text
+        else:
+            text = self._spm.decode_pieces(pieces).strip()
+        return _clean_up_tokenization(text) if self._clean_up_spaces else text
+
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
         """The text of output ids, as Transformers' ``decode(ids, skip_special_tokens=True)``."""
         del skip_special_tokens  # always: a translation never shows its control tokens

@@ -330,6 +330,34 @@ class MarianTokenizer:
         """Target-side tokens of ``ids``, special ones included (HF's ``convert_ids_to_tokens``)."""
         return self._ids_to_tokens(ids, frozenset())
 
+    def source_pieces(self, text: str, source_language: str | None = None,
+                      target_language: str | None = None) -> list[str]:
+        """One string per id of :meth:`encode`: SentencePiece's own pieces (as many as its ids, an unknown
+        one's text included), the added tokens, and ``</s>``."""
+        del source_language
+        if target_language and target_language in self.language_codes:
+            text = f"{target_language} {text}"
+        pieces: list[str] = []
+        for segment in self._plan(text, self._source):
+            if isinstance(segment, str):
+                pieces += self._source.spm.encode(segment, out_type=str)
+            else:
+                pieces.append(segment[1])
+        return [*pieces, "</s>"]
+
+    def decode_replacing_unknowns(self, ids: Sequence[int], source_pieces: Sequence[str],
+                                  alignment: Sequence[int]) -> str:
+        target = self._target
+        tokens = []
+        for position, (token_id, token) in enumerate(zip(ids, self.target_tokens(ids), strict=True)):
+            if token_id == target.unk_id:
+                piece = source_pieces[alignment[position]]
+                if piece not in self._special_set:
+                    tokens.append(piece)
+            elif token_id not in target.special_ids:
+                tokens.append(token)
+        return self._tokens_to_string(tokens)
+
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
         """Target-side text of ``ids``, as HF's ``decode(ids, skip_special_tokens=True)``: drops eos,
         pad and unk (and any other special token)."""

@@ -1,13 +1,17 @@
-"""What a target prefix costs: one prefill pass against forcing its tokens one decoder step at a time.
+"""What the translation controls cost, on the bundled model (or --model DIR).
 
-    python -m benchmarks.target_prefix [--texts 16] [--prefix-lengths 4 8 16 32] [--repeats 3] [--threads N]
+    python -m benchmarks.controls [--texts 16] [--prefix-lengths 4 8 16 32] [--repeats 3] [--threads N]
 
-On the bundled model (or --model DIR), each of ``--texts`` German sentences is translated greedily with a
-target prefix of each length (its own greedy translation's first tokens, repeated as needed), two ways
-over the same engine: ``target_prefixes`` (mtserve's way: the prefix fed in one batched prefill pass
-when the texts join) and ``prefixes`` (the same tokens forced one step each, how the steps force a
-language token). Both give the same tokens; the table gives the median seconds per batch and the ratio.
-Results go to benchmarks/results/<device>-target-prefix.{md,json}.
+- **Target prefix**: each of ``--texts`` German sentences is translated greedily with a target prefix of
+  each length (its own greedy translation's first tokens, repeated as needed), two ways over the same
+  engine: ``target_prefixes`` (mtserve's way: the prefix fed in one batched prefill pass when the texts
+  join) and ``prefixes`` (the same tokens forced one step each, how the steps force a language token).
+  Both give the same tokens.
+- **Alignments**: the same texts with beam 4, with and without ``return_alignments`` (one teacher-forced
+  pass per finished text).
+
+Median milliseconds per batch after a warm-up round. Results go to
+benchmarks/results/<device>-controls.{md,json}.
 """
 
 from __future__ import annotations
@@ -74,10 +78,24 @@ def main(argv: list[str] | None = None) -> int:
     title = (f"Target prefix, {len(sources)} texts ({origin}), greedy, {args.max_new_tokens} tokens after the "
              f"prefix; {device.line()}; revision {git_revision()}")
     table = markdown_table(headers, rows)
-    print(f"{title}\n\n{table}")
-    out = Path(RESULTS) / f"{device.tag}-target-prefix"
-    out.with_suffix(".md").write_text(f"{title}\n\n{table}\n", encoding="utf-8")
-    write_json(out.with_suffix(".json"), {"title": title, "headers": headers, "rows": rows})
+    beam = SearchOptions(beam_size=4, max_length=64)
+    alignment: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(args.repeats + 1):
+        for align in alignment:
+            started = time.perf_counter()
+            translator.generate(sources, beam, align=align)
+            alignment[align].append(time.perf_counter() - started)
+    plain, aligned = (statistics.median(alignment[a][1:]) for a in (False, True))
+    align_headers = ["decoding", "plain ms", "with alignments ms", "cost"]
+    align_rows = [["beam 4", f"{plain * 1000:.1f}", f"{aligned * 1000:.1f}", f"+{(aligned / plain - 1) * 100:.0f}%"]]
+    align_title = f"Alignments, the same {len(sources)} texts"
+    align_table = markdown_table(align_headers, align_rows)
+    report = f"{title}\n\n{table}\n\n{align_title}\n\n{align_table}\n"
+    print(report)
+    out = Path(RESULTS) / f"{device.tag}-controls"
+    out.with_suffix(".md").write_text(report, encoding="utf-8")
+    write_json(out.with_suffix(".json"), {"title": title, "headers": headers, "rows": rows,
+                                          "alignments": {"headers": align_headers, "rows": align_rows}})
     return 0
 
 
