@@ -9,6 +9,9 @@
   Both give the same tokens.
 - **Alignments**: the same texts with beam 4, with and without ``return_alignments`` (one teacher-forced
   pass per finished text).
+- **Terminology**: German sentences built from templates around the nouns of a small glossary whose
+  targets are not the model's first choice ("Haus" → "building"), beam 4, with and without the glossary:
+  how often every applicable term is in the translation, and the time per batch.
 
 Median milliseconds per batch after a warm-up round. Results go to
 benchmarks/results/<device>-controls.{md,json}.
@@ -20,6 +23,7 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from .common import (
     RESULTS,
@@ -90,13 +94,45 @@ def main(argv: list[str] | None = None) -> int:
     align_rows = [["beam 4", f"{plain * 1000:.1f}", f"{aligned * 1000:.1f}", f"+{(aligned / plain - 1) * 100:.0f}%"]]
     align_title = f"Alignments, the same {len(sources)} texts"
     align_table = markdown_table(align_headers, align_rows)
-    report = f"{title}\n\n{table}\n\n{align_title}\n\n{align_table}\n"
+    term_rows = _terminology(translator, args.repeats)
+    term_headers = ["decoding", "texts", "terms met", "plain ms", "with terminology ms", "cost"]
+    term_table = markdown_table(term_headers, term_rows)
+    report = (f"{title}\n\n{table}\n\n{align_title}\n\n{align_table}\n\nTerminology (glossary of "
+              f"{len(GLOSSARY)} terms, template sentences)\n\n{term_table}\n")
     print(report)
     out = Path(RESULTS) / f"{device.tag}-controls"
     out.with_suffix(".md").write_text(report, encoding="utf-8")
     write_json(out.with_suffix(".json"), {"title": title, "headers": headers, "rows": rows,
-                                          "alignments": {"headers": align_headers, "rows": align_rows}})
+                                          "alignments": {"headers": align_headers, "rows": align_rows},
+                                          "terminology": {"headers": term_headers, "rows": term_rows}})
     return 0
+
+
+#: Source noun -> a target term the bundled model does not say by itself.
+GLOSSARY = {"Haus": "building", "Hund": "puppy", "Kaffee": "espresso", "Bahnhof": "railway station",
+            "Auto": "vehicle", "Stadt": "town", "Buch": "volume", "Garten": "yard"}
+_TEMPLATES = ["Das {0} ist klein.", "Wo ist das {0}?", "Ich sehe das {0} und den {1}.", "Der {0} ist alt.",
+              "Wir gehen heute in den {0}.", "Mein {0} steht neben dem {1}."]
+
+
+def _terminology(translator: Any, repeats: int) -> list[list[Any]]:
+    nouns = list(GLOSSARY)
+    texts = [template.format(nouns[i % len(nouns)], nouns[(i + 3) % len(nouns)])
+             for i, template in enumerate(_TEMPLATES * 4)]
+    timings: dict[bool, list[float]] = {False: [], True: []}
+    results = []
+    for _ in range(repeats + 1):
+        for constrained in timings:
+            started = time.perf_counter()
+            results = translator.translate(texts, beam_size=4, terminology=GLOSSARY if constrained else None)
+            timings[constrained].append(time.perf_counter() - started)
+    from mtserve.engine.terminology import applicable
+
+    wanted = [applicable(text, GLOSSARY) for text in texts]
+    met = sum(all(term in result.text for term in terms) for terms, result in zip(wanted, results, strict=True))
+    plain, constrained = (statistics.median(timings[c][1:]) for c in (False, True))
+    return [["beam 4", len(texts), f"{met}/{len(texts)}", f"{plain * 1000:.1f}", f"{constrained * 1000:.1f}",
+             f"+{(constrained / plain - 1) * 100:.0f}%"]]
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import ipaddress
 import random
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,10 +145,11 @@ def build_request(
     partial_results: bool = False,
     priority: str | None = None,
     target_prefix: str | Sequence[str] | None = None,
+    terminology: Mapping[str, str] | None = None,
 ) -> pb2.TranslateRequest:
     """A TranslateRequest; a language given as a list is one per text (source_languages/target_languages);
     priority: one of PRIORITIES (None: the server's default, normal); target_prefix: what the translations
-    start with, one for all texts or one per text."""
+    start with, one for all texts or one per text; terminology: source term -> target term."""
     if isinstance(texts, str):
         texts = [texts]
     fields = {k: v for k, v in dataclasses.asdict(options).items() if v is not None}
@@ -158,6 +159,8 @@ def build_request(
         options=pb2.DecodingOptions(**fields),
         partial_results=partial_results,
     )
+    for source, target in (terminology or {}).items():
+        request.terminology.add(source=source, target=target)
     if target_prefix:
         request.target_prefixes.extend([target_prefix] * len(texts) if isinstance(target_prefix, str)
                                        else list(target_prefix))

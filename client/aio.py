@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,7 @@ class AsyncTranslationClient:
         target_language: str | Sequence[str] | None = None,
         priority: str | None = None,
         target_prefix: str | Sequence[str] | None = None,
+        terminology: Mapping[str, str] | None = None,
         timeout: float | None = _UNSET,
     ) -> list[TranslationResult]:
         """Translate ``texts``; one result per text, in order. None options take the server's defaults."""
@@ -102,7 +103,7 @@ class AsyncTranslationClient:
                                   sampling_temperature, sampling_topk, sampling_topp, seed, early_stopping,
                                   split_sentences, return_alignments, replace_unknowns)
         request = build_request(texts, model, options, source_language, target_language, priority=priority,
-                                target_prefix=target_prefix)
+                                target_prefix=target_prefix, terminology=terminology)
         response = await self._call(self._stub.Translate, request, timeout)
         return [result_from_pb(r, response.model) for r in response.results]
 
@@ -129,6 +130,7 @@ class AsyncTranslationClient:
         target_language: str | Sequence[str] | None = None,
         priority: str | None = None,
         target_prefix: str | Sequence[str] | None = None,
+        terminology: Mapping[str, str] | None = None,
         timeout: float | None = _UNSET,
     ) -> AsyncIterator[TranslationResult | PartialResult]:
         """Yield each text's result as soon as it is done (any order; see ``.index``).
@@ -140,7 +142,7 @@ class AsyncTranslationClient:
                                   sampling_temperature, sampling_topk, sampling_topp, seed, early_stopping,
                                   split_sentences, return_alignments, replace_unknowns)
         request = build_request(texts, model, options, source_language, target_language, partial, priority,
-                                target_prefix)
+                                target_prefix, terminology)
         deadline = deadline_after(self.timeout if timeout is _UNSET else timeout)
         delays = self.retry_policy.delays()
         while True:

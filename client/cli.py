@@ -73,6 +73,8 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
                    help="every translation starts with TEXT and goes on from there")
     g.add_argument("--priority", choices=PRIORITIES,
                    help="admission class: interactive calls go before normal ones, batch ones after (never starved)")
+    g.add_argument("--term", dest="terminology", action="append", type=_term, metavar="SOURCE=TARGET",
+                   help="a glossary entry: where SOURCE occurs, the translation says TARGET (repeat; beam search)")
     g.add_argument("--replace-unknowns", action="store_true",
                    help="each <unk> of a translation becomes the source piece it is aligned to")
     g.add_argument("--no-split-sentences", dest="split_sentences", action="store_false", default=None,
@@ -84,9 +86,18 @@ _DECODING = ("model", "source_language", "target_language", "beam_size", "max_le
              "early_stopping", "split_sentences", "priority", "target_prefix", "replace_unknowns")
 
 
+def _term(value: str) -> tuple[str, str]:
+    source, sep, target = value.partition("=")
+    if not sep or not source.strip() or not target.strip():
+        raise argparse.ArgumentTypeError(f"expected SOURCE=TARGET, got {value!r}")
+    return source.strip(), target.strip()
+
+
 def decoding_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of TranslationClient.translate given on the command line."""
-    return {name: getattr(args, name) for name in _DECODING}
+    kwargs = {name: getattr(args, name) for name in _DECODING}
+    kwargs["terminology"] = dict(args.terminology) if getattr(args, "terminology", None) else None
+    return kwargs
 
 
 # -- translate ----------------------------------------------------------------------------------

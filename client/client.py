@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -109,6 +109,7 @@ class TranslationClient:
         target_language: str | Sequence[str] | None = None,
         priority: str | None = None,
         target_prefix: str | Sequence[str] | None = None,
+        terminology: Mapping[str, str] | None = None,
         timeout: float | None = _UNSET,
     ) -> list[TranslationResult]:
         """Translate ``texts``; one result per text, in order. None options take the server's defaults."""
@@ -116,7 +117,7 @@ class TranslationClient:
                                   sampling_temperature, sampling_topk, sampling_topp, seed, early_stopping,
                                   split_sentences, return_alignments, replace_unknowns)
         request = build_request(texts, model, options, source_language, target_language, priority=priority,
-                                target_prefix=target_prefix)
+                                target_prefix=target_prefix, terminology=terminology)
         response = self._call(self._stub.Translate, request, timeout)
         return [result_from_pb(r, response.model) for r in response.results]
 
@@ -143,6 +144,7 @@ class TranslationClient:
         target_language: str | Sequence[str] | None = None,
         priority: str | None = None,
         target_prefix: str | Sequence[str] | None = None,
+        terminology: Mapping[str, str] | None = None,
         timeout: float | None = _UNSET,
     ) -> Iterator[TranslationResult | PartialResult]:
         """Yield each text's result as soon as it is done (any order; see ``.index``).
@@ -154,7 +156,7 @@ class TranslationClient:
                                   sampling_temperature, sampling_topk, sampling_topp, seed, early_stopping,
                                   split_sentences, return_alignments, replace_unknowns)
         request = build_request(texts, model, options, source_language, target_language, partial, priority,
-                                target_prefix)
+                                target_prefix, terminology)
         deadline = deadline_after(self.timeout if timeout is _UNSET else timeout)
         delays = self.retry_policy.delays()
         while True:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mtserve.model.constrained import ConstrainedBeamSearch
 from mtserve.model.options import SearchOptions
 from mtserve.model.processors import ForcedTokens, LogitsProcessor, MinLength, NeverGenerate, apply_processors
 from mtserve.model.search import Plan, Search, new_search
@@ -41,6 +42,8 @@ class NewText:
     #: follows decoder_input_ids).
     target_prefix: tuple[int, ...] = ()
     align: bool = False  # give each hypothesis its source alignment (model/alignment.py)
+    #: Target token sequences every hypothesis must contain (terminology; model/constrained.py).
+    constraints: tuple[tuple[int, ...], ...] = ()
 
     @property
     def prompt(self) -> tuple[int, ...]:
@@ -105,7 +108,8 @@ class Batch:
     def free_rows(self) -> int:
         return self.num_rows - len(self._tokens)
 
-    def check(self, source_ids: Sequence[int], options: SearchOptions, prompt: Sequence[int] = ()) -> None:
+    def check(self, source_ids: Sequence[int], options: SearchOptions, prompt: Sequence[int] = (),
+              constraints: Sequence[Sequence[int]] = ()) -> None:
         """Raise ValueError when the text cannot be decoded by this model at all (limits named)."""
         if not source_ids:
             raise ValueError("source_ids is empty: a source ends with </s> at least")
@@ -115,6 +119,8 @@ class Batch:
             raise ValueError(f"max_length {options.max_length} exceeds the model's limit {self.max_target_length}")
         if options.rows > self.num_rows:
             raise ValueError(f"{options.rows} beams/hypotheses exceed the batch's {self.num_rows} rows")
+        if constraints and (options.sampling or options.beam_size < 2):
+            raise ValueError("terminology needs beam search: beam_size >= 2 and no sampling")
         if len(prompt) >= options.max_length:
             raise ValueError(f"the target prefix is {len(prompt)} tokens, max_length {options.max_length} leaves room "
                              f"for {options.max_length - 1} at most")
@@ -128,10 +134,9 @@ class Batch:
         if not texts:
             return
         for _, work in texts:
-            self.check(work.source_ids, work.options, work.prompt)
+            self.check(work.source_ids, work.options, work.prompt, work.constraints)
         # A prefilled prompt counts toward max_length: the search generates what is left.
-        searches = [new_search(dataclasses.replace(work.options, max_length=work.options.max_length - len(work.prompt)),
-                               self.device) for _, work in texts]
+        searches = [_search_for(work, self.device) for _, work in texts]
         row_counts = [search.rows for search in searches]
         if sum(row_counts) > self.free_rows:
             raise RuntimeError(f"{sum(row_counts)} rows needed, {self.free_rows} free")
@@ -272,6 +277,14 @@ class Batch:
         if self.device.type != "cuda":
             return tensor.to(self.device)
         return tensor.pin_memory().to(self.device, non_blocking=True)
+
+
+def _search_for(work: NewText, device: torch.device) -> Search:
+    """The text's search; a prefilled prompt counts toward max_length, so the search generates what is left."""
+    options = dataclasses.replace(work.options, max_length=work.options.max_length - len(work.prompt))
+    if work.constraints:
+        return ConstrainedBeamSearch(options, work.constraints)
+    return new_search(options, device)
 
 
 def _group_size(slots: Sequence[Slot]) -> int:

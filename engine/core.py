@@ -121,10 +121,11 @@ class EngineCore:
                 len(wanted):]
         return hypotheses
 
-    def check(self, source_ids: Sequence[int], options: SearchOptions, prompt: Sequence[int] = ()) -> None:
+    def check(self, source_ids: Sequence[int], options: SearchOptions, prompt: Sequence[int] = (),
+              constraints: Sequence[Sequence[int]] = ()) -> None:
         """ValueError when this model cannot decode the text at all (too long, max_length too big, a target
-        prefix leaving no room)."""
-        self.batch.check(source_ids, options, prompt)
+        prefix leaving no room, terminology without beam search)."""
+        self.batch.check(source_ids, options, prompt, constraints)
 
     # -- the step ---------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from .batch import NewText
 from .core import EngineCore
 from .scheduler import Request, Scheduler, Text
 from .segment import hypothesis_text, join_hypotheses, segment
+from .terminology import constraints_for
 
 log = logging.getLogger(__name__)
 
@@ -162,21 +163,24 @@ class Translator:
         prefixes: Sequence[tuple[int, ...]] | None = None,
         target_prefixes: Sequence[Sequence[int]] | None = None,
         align: bool = False,
+        constraints: Sequence[Sequence[Sequence[int]]] | None = None,
     ) -> list[list[Hypothesis]]:
         """Decode token-id sources (each ending in </s>); returns each source's hypotheses, best first.
         `prefixes`: per source, the tokens its output is forced to start with (a target-language token);
         `target_prefixes`: per source, target ids its output continues from (after `prefixes`), fed in one
         prefill pass; they are part of the hypotheses' tokens and count toward max_length, and the scores
-        cover what follows them. `align`: each hypothesis gets its source alignment (model/alignment.py)."""
+        cover what follows them. `align`: each hypothesis gets its source alignment (model/alignment.py).
+        `constraints`: per source, target token sequences its output must contain (model/constrained.py)."""
         # Rows for what is asked, not max_batch_rows; a core (and its KV cache) of that size is kept for
         # the next call, since allocating a cache costs more than zeroing it (page faults on fresh memory).
         rows = max(options.rows, min(self.max_batch_rows, len(sources) * options.rows))
         core = self._take_core(rows)
         works = [NewText(list(source), options, tuple(prefixes[index]) if prefixes else (),
-                         target_prefix=tuple(target_prefixes[index]) if target_prefixes else (), align=align)
+                         target_prefix=tuple(target_prefixes[index]) if target_prefixes else (), align=align,
+                         constraints=tuple(tuple(c) for c in constraints[index]) if constraints else ())
                  for index, source in enumerate(sources)]
         for work in works:
-            core.check(work.source_ids, options, work.prompt)
+            core.check(work.source_ids, options, work.prompt, work.constraints)
         texts = [Text(index, options.rows, len(work.source_ids), options.max_length, work=work)
                  for index, work in enumerate(works)]
         events = core.run_to_end(Request(next(_request_ids), texts, arrival_time=core.clock()))
@@ -203,6 +207,7 @@ class Translator:
         target_prefix: str | Sequence[str] | None = None,
         return_alignments: bool = False,
         replace_unknowns: bool = False,
+        terminology: Mapping[str, str] | None = None,
         **options: Any,
     ) -> list[Translation]:
         """Translate each text. Options are those of :class:`SearchOptions`; the n-best list is
@@ -216,7 +221,8 @@ class Translator:
         and goes on from there (interactive or post-editing translation). A text with one is not split.
         ``return_alignments``: each hypothesis's source alignment (model/alignment.py) and the source
         pieces it points into; ``replace_unknowns``: each ``<unk>`` in a translation becomes the source
-        piece it is aligned to.
+        piece it is aligned to. ``terminology`` (source term → target term): where a source term occurs
+        in a text (a sentence, when split), the translation contains its target term (beam search).
 
         Languages, as the model's own codes or BCP-47 tags, one for all texts or one per text: needed by
         multilingual models (NLLB, M2M100, MBart-50), checked against a single-pair model's own; a
@@ -244,7 +250,9 @@ class Translator:
         target_prefixes = [tokenizer.encode_prefix(asked_prefixes[i]) if asked_prefixes[i] and j == 0 else []
                            for i, j in owners]
         align = return_alignments or replace_unknowns
-        outputs = self.generate(sources, search, prefixes, target_prefixes, align=align)
+        constraints = ([constraints_for(segments[i][j].text, terminology, tokenizer.encode_prefix) for i, j in owners]
+                       if terminology else None)
+        outputs = self.generate(sources, search, prefixes, target_prefixes, align=align, constraints=constraints)
         per_text: dict[int, list[list[Hypothesis]]] = {i: [] for i in indices}
         for (owner, _), hypotheses in zip(owners, outputs, strict=True):
             per_text[owner].append(hypotheses)

@@ -35,6 +35,7 @@ from mtserve.engine.errors import QueueFullError
 from mtserve.engine.events import FinishReason, TextEvent
 from mtserve.engine.scheduler import Request, Text
 from mtserve.engine.segment import Segment, SentenceTooLongError, hypothesis_text, join, join_hypotheses, segment
+from mtserve.engine.terminology import constraints_for
 from mtserve.model.options import MAX_LENGTH_PENALTY, SearchOptions, asks_for_sampling, merge_defaults
 from mtserve.model.search import Hypothesis
 from mtserve.proto.api import pb2, pb2_grpc
@@ -62,6 +63,9 @@ _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 # Requests with more characters than this are prepared (tokenized, split) off the event loop.
 _INLINE_CHARACTERS = 4096
 _engine_request_ids = itertools.count(1)
+# A request's glossary: its terms and each side's length.
+MAX_TERMS = 64
+MAX_TERM_CHARS = 200
 
 
 @dataclass
@@ -99,6 +103,7 @@ class _Call:
     stream_partial: bool
     return_alignments: bool = False
     replace_unknowns: bool = False
+    constrained: bool = False  # with terminology
 
 
 def _priority(given: int) -> int:
@@ -275,6 +280,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         options = self._search_options(request.options, model)
         split = not request.options.HasField("split_sentences") or request.options.split_sentences
         target_prefixes = self._target_prefixes(request, tokenizer)
+        glossary = self._glossary(request, options)
         align = request.options.return_alignments or request.options.replace_unknowns
         call_texts: list[_Text] = []
         for i, (text, pair) in enumerate(zip(texts, pairs, strict=True)):
@@ -306,7 +312,9 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         engine_texts = [
             Text((text.index, j), options.rows, len(piece.source_ids), options.max_length,
                  work=NewText(piece.source_ids, options, prefixes[text.languages], stream=stream_tokens,
-                              target_prefix=text.target_prefix if j == 0 else (), align=align))
+                              target_prefix=text.target_prefix if j == 0 else (), align=align,
+                              constraints=constraints_for(piece.text, glossary, tokenizer.encode_prefix)
+                              if glossary else ()))
             for text in call_texts
             for j, piece in enumerate(text.segments)
         ]
@@ -317,7 +325,26 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         engine_request = Request(next(_engine_request_ids), engine_texts, arrival_time=time.monotonic(),
                                  deadline=deadline, priority=_priority(request.priority), label=request_id)
         return _Call(request_id, model, options, request.options.return_scores, call_texts, engine_request,
-                     stream_tokens, request.options.return_alignments, request.options.replace_unknowns)
+                     stream_tokens, request.options.return_alignments, request.options.replace_unknowns,
+                     bool(glossary))
+    def _glossary(self, request: Any, options: SearchOptions) -> dict[str, str]:
+        """The request's terminology as source term -> target term (checked; empty: none)."""
+        if not request.terminology:
+            return {}
+        if len(request.terminology) > MAX_TERMS:
+            raise ValidationError("terminology", f"{len(request.terminology)} terms, at most {MAX_TERMS}")
+        if options.sampling or options.beam_size < 2:
+            raise ValidationError("options.beam_size", "terminology needs beam search: beam_size >= 2, no sampling")
+        glossary: dict[str, str] = {}
+        for i, term in enumerate(request.terminology):
+            for side in ("source", "target"):
+                value = getattr(term, side)
+                if not value.strip() or len(value) > MAX_TERM_CHARS:
+                    raise ValidationError(f"terminology[{i}].{side}",
+                                          f"{len(value)} characters: give 1 to {MAX_TERM_CHARS}, not blank")
+            glossary[term.source] = term.target
+        return glossary
+
     def _target_prefixes(self, request: Any, tokenizer: Any) -> list[tuple[int, ...]]:
         """Each text's target prefix as target ids (empty: none)."""
         given = list(request.target_prefixes)
@@ -456,7 +483,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         """Fill the sentences the cache knows and take them out of the engine's request; the keys of the
         others, for keeping their results."""
         if (self.cache is None or not cacheable(call.options) or not call.request.texts or call.return_alignments
-                or call.replace_unknowns):  # the cache keeps tokens, not alignments
+                or call.replace_unknowns or call.constrained):  # the cache keeps tokens for plain requests
             return {}
         keys: dict[Any, Key] = {}
         misses = []
