@@ -39,9 +39,10 @@ def test_decoding_options_tell_unset_from_zero():
     for name in ("max_length", "length_penalty", "num_hypotheses", "sampling_temperature", "sampling_topk",
                  "sampling_topp"):
         assert not options.HasField(name), name
-    # Every numeric option has presence; return_scores is a plain flag.
+    # Every numeric option has presence; the return_* and replace_unknowns flags are plain flags.
     fields = pb2.DecodingOptions.DESCRIPTOR.fields_by_name
-    assert all(f.has_presence for name, f in fields.items() if name != "return_scores")
+    flags = ("return_scores", "return_alignments", "replace_unknowns")
+    assert all(f.has_presence for name, f in fields.items() if name not in flags)
 
 
 def test_request_and_response_fields():
