@@ -36,9 +36,11 @@ class ServerProcess:
     """
 
     def __init__(self, model: Path, extra_args: Sequence[str] = (), threads: int | None = None,
-                 ready_timeout: float = 900.0) -> None:
-        self.args = [*mtserve_command(), "serve", "--model", f"bench={model}", "--host", "127.0.0.1",
-                     "--port", "0", "--metrics-port", "off", *extra_args]
+                 ready_timeout: float = 900.0, command: Sequence[str] | None = None) -> None:
+        # `command`: another server that logs the same start-up lines (benchmarks/ct2_server.py).
+        self.args = list(command) if command is not None else [
+            *mtserve_command(), "serve", "--model", f"bench={model}", "--host", "127.0.0.1", "--port", "0",
+            "--metrics-port", "off", *extra_args]
         self.env = dict(os.environ)
         if threads is not None:  # torch reads it at start-up: the server's intra-op threads
             self.env["OMP_NUM_THREADS"] = str(threads)

@@ -45,6 +45,7 @@ class Config:
 
     name: str
     server_args: list[str]
+    command: list[str] | None = None  # a peer server's whole command line instead of mtserve serve
 
 
 @dataclass
@@ -87,7 +88,7 @@ def measure(model: Path, configs: Sequence[Config], concurrencies: Sequence[int]
     points: list[Point] = []
     for config in configs:
         log.info("starting the server: %s", config.name)
-        with ServerProcess(model, config.server_args, threads=args.threads) as server:
+        with ServerProcess(model, config.server_args, threads=args.threads, command=config.command) as server:
             run_bench(server.target, inputs, 4, max(8, args.warmup), args)  # warm-up, not recorded
             for concurrency in concurrencies:
                 requests = max(args.requests, concurrency)
@@ -145,7 +146,30 @@ def render(points: Sequence[Point], device: Device, settings: dict[str, Any], no
         "",
         markdown_table(["concurrency", f"throughput {batched} / {unbatched}", f"p99 ms {batched}",
                         f"p99 ms {unbatched}", "target met"], comparison_rows(points, batched, unbatched)),
+        *_peer_section(points, batched, configs),
     ]) + "\n"
+
+
+def _peer_section(points: Sequence[Point], batched: str, configs: Sequence[Config]) -> list[str]:
+    """mtserve against the CTranslate2 peer (issue 13: p99 lower at every concurrency, throughput ≥ 1.5× from
+    16 up)."""
+    peers = [c.name for c in configs if c.command is not None]
+    if not peers:
+        return []
+    by_key = {(p.config, p.concurrency): p for p in points}
+    rows = []
+    for concurrency in sorted({p.concurrency for p in points}):
+        ours, peer = by_key.get((batched, concurrency)), by_key.get((peers[0], concurrency))
+        if ours is None or peer is None or not ours.ok or not peer.ok:
+            continue
+        ratio = ours.report["requests_per_s"] / peer.report["requests_per_s"]
+        p99_ours, p99_peer = ours.latency("p99"), peer.latency("p99")
+        met = p99_ours < p99_peer and (ratio >= 1.5 or concurrency < 16)
+        rows.append([str(concurrency), f"{ratio:.2f}×", f"{p99_ours:.0f}", f"{p99_peer:.0f}", "yes" if met else "no"])
+    return ["", f"mtserve ({batched}) against {peers[0]} (target: lower p99 everywhere, ≥ 1.5× throughput from 16 "
+            "concurrent requests up):", "",
+            markdown_table(["concurrency", "throughput mtserve / peer", "p99 ms mtserve", "p99 ms peer", "target met"],
+                           rows)]
 
 
 def resolve_model(path: Path | None, threads: int) -> tuple[Path, str]:
@@ -183,6 +207,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                               "nllb or m2m100: the random model of that family, its target "
                                               "languages mixed in every batch")
     p.add_argument("--quick", action="store_true", help="concurrency 32 only, both configs (issue 3's check)")
+    p.add_argument("--ct2-peer", action="store_true",
+                   help="also the CTranslate2 peer (benchmarks/ct2_server.py) on the same proto and model")
+    p.add_argument("--peer-window-ms", type=float, default=5.0, help="the peer's batching window (%(default)s)")
+    p.add_argument("--peer-max-batch", type=int, default=32, help="the peer's batch size (%(default)s)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64, 256], help="(%(default)s)")
     p.add_argument("--requests", "-n", type=int, default=256,
                    help="requests per point, at least the concurrency (%(default)s)")
@@ -212,6 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configs = [Config("batched" + (f" (max-batch-rows {args.max_batch_rows})" if args.max_batch_rows else ""),
                       batched_args),
                Config(f"max-batch-rows {args.beam_size}", [*common, "--max-batch-rows", str(args.beam_size)])]
+    if args.ct2_peer:
+        configs.append(Config(
+            f"ctranslate2 peer (window {args.peer_window_ms:g} ms, batch {args.peer_max_batch})", [],
+            [sys.executable, "-m", "benchmarks.ct2_server", "--model", str(model), "--threads", str(threads),
+             "--window-ms", str(args.peer_window_ms), "--max-batch", str(args.peer_max_batch)]))
     texts, origin = load_sentences(args.sentences)
     notes = [f"model: {model_note}", f"inputs: {len(texts)} single-sentence requests from {origin}, cycled",
              "client: mtserve bench (closed loop) on the same machine; latency of OK requests",
