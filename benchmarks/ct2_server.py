@@ -126,7 +126,7 @@ async def serve(args: argparse.Namespace) -> None:
     batches = asyncio.create_task(service.run_batches())
     # The lines benchmarks/server_process.py waits for, as mtserve serve writes them.
     print(f"ctranslate2 peer: gRPC on 127.0.0.1:{port}", file=sys.stderr, flush=True)
-    print("ctranslate2 peer: serving models: bench", file=sys.stderr, flush=True)
+    print("ctranslate2 peer: serving model 'bench'; health SERVING", file=sys.stderr, flush=True)
     try:
         await server.wait_for_termination()
     finally:

@@ -15,7 +15,8 @@ from pathlib import Path
 from types import TracebackType
 
 _PORT_RE = re.compile(r"gRPC on \S+?:(\d+)")
-_READY_RE = re.compile(r"serving models:")
+# What mtserve serve logs once it serves ("serving model 'x'; health SERVING", or "serving models ...").
+_READY_RE = re.compile(r"; health SERVING")
 
 
 def mtserve_command() -> list[str]:

@@ -265,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .multilingual_models import FAMILIES
 
     family = f"-{args.model}" if str(args.model) in FAMILIES else ""
-    stem = args.out / f"{device.tag}-serving{family}{'-quick' if args.quick else ''}"
+    peer = f"-ct2-peer-{'greedy' if args.beam_size == 1 else f'beam{args.beam_size}'}" if args.ct2_peer else ""
+    stem = args.out / f"{device.tag}-serving{family}{peer}{'-quick' if args.quick else ''}"
     stem.with_suffix(".md").write_text(report, encoding="utf-8")
     write_json(stem.with_suffix(".json"), {
         "device": device.__dict__ | {"tag": device.tag}, "settings": settings, "notes": notes,
