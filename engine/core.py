@@ -195,10 +195,11 @@ class EngineCore:
             if index not in failed:
                 try:
                     self._probe("advance", [text])
-                    plan = slot.search.advance(selections[index], self.batch.eos_id)
-                    if plan.finished and plan.hypotheses:
-                        plan.hypotheses = self._complete(slot, plan.hypotheses)
-                except Exception as exc:
+                    advanced = slot.search.advance(selections[index], self.batch.eos_id)
+                    if advanced.finished and advanced.hypotheses:
+                        advanced.hypotheses = self._complete(slot, advanced.hypotheses)
+                    plan = advanced
+                except Exception as exc:  # this text fails, alone
                     failed[index] = exc
             plans.append(plan)
             if plan is None:
@@ -207,12 +208,10 @@ class EngineCore:
             if text.first_token_time is None:
                 text.first_token_time = now
             emitted = list(plan.emitted) if slot.work.stream else []
-            prompt = list(slot.work.prompt)
-            if emitted and prompt and not slot.prompt_emitted:  # the output starts with the prompt
-                emitted, slot.prompt_emitted = prompt + emitted, True
+            if (slot.work.stream and slot.work.target_prefix and not slot.prompt_emitted
+                    and (emitted or plan.finished)):  # a streamed output starts with its prompt
+                emitted, slot.prompt_emitted = list(slot.work.prompt) + emitted, True
             if plan.finished:
-                if prompt and slot.work.stream and not slot.prompt_emitted:
-                    emitted = prompt + emitted
                 news.append(TextEvent(text, emitted, plan.hypotheses, _finish_reason(plan)))
             elif emitted:
                 news.append(TextEvent(text, emitted))

@@ -313,3 +313,27 @@ def test_streamed_tokens_spell_the_best_hypothesis(varied: Transformer, beam: in
                 early += 1
     assert all(emitted[text] == best[text] for text in texts)
     assert early > 0, "nothing was streamed before the end"
+
+
+def test_a_fault_while_completing_a_finished_text_fails_that_text_alone(
+    varied: Transformer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alignment pass runs when a text finishes; if it raises, that text fails and the others finish."""
+    import mtserve.engine.core as core_module
+
+    core = make(varied, rows=16)
+    run = Run(core)
+    plain = submit(core, "plain", 9, texts=2)
+    search = SearchOptions(max_length=9)
+    aligned = Text(("aligned", 0), 1, 6, 9, work=NewText(source(6, seed=5), search, align=True))
+    core.submit(Request("aligned", [aligned], arrival_time=core.clock()))
+
+    def failing_align(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("alignment failed")
+
+    monkeypatch.setattr(core_module, "align", failing_align)
+    run.to_end()
+    ending = run.ending(aligned)
+    assert ending.finish_reason is FinishReason.FAILED and isinstance(ending.error, RuntimeError)
+    for text in plain:
+        assert run.ending(text).finish_reason in (FinishReason.FINISHED, FinishReason.MAX_LENGTH)
