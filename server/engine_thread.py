@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable
 from mtserve.engine.core import EngineCore, StepOutput
 from mtserve.engine.errors import EngineDeadError
 from mtserve.engine.events import FinishReason, TextEvent
-from mtserve.engine.scheduler import Request, Scheduler
+from mtserve.engine.scheduler import Abort, Request, Scheduler
 
 from .memory import TRIM_INTERVAL_SECONDS, release_free_memory
 from .metrics import Metrics
@@ -74,9 +74,7 @@ class EngineThread:
         with self._submit_lock:
             self._closed = True
         self.stop(timeout)
-        error = EngineDeadError(self.name, RuntimeError("the model was unloaded"))
-        self._deliver([TextEvent(a.text, finish_reason=a.reason, error=error)
-                       for a in self.scheduler.abort_all(FinishReason.FAILED)])
+        self._fail(self.scheduler.abort_all(FinishReason.FAILED), RuntimeError("the model was unloaded"))
 
     @property
     def alive(self) -> bool:
@@ -121,14 +119,18 @@ class EngineThread:
         with self._submit_lock:
             self.error = exc
             aborted = self.scheduler.abort_all(FinishReason.FAILED)
-        error = EngineDeadError(self.name, exc)
-        self._deliver([TextEvent(a.text, finish_reason=a.reason, error=error) for a in aborted])
+        self._fail(aborted, exc)
         self._publish_state()
         if self.on_death is not None:
             try:
                 self.on_death(exc)
             except Exception:
                 log.exception("model %s: reporting the engine's death failed", self.name)
+
+    def _fail(self, aborted: list[Abort], cause: BaseException) -> None:
+        """Tell the callers of the texts the engine will not finish that it has stopped, and why."""
+        error = EngineDeadError(self.name, cause)
+        self._deliver([TextEvent(a.text, finish_reason=a.reason, error=error) for a in aborted])
 
     def _observe(self, output: StepOutput) -> None:
         if output.rows:

@@ -27,6 +27,7 @@ import contextlib
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -177,23 +178,25 @@ class Metrics:
 
     # -- the calls the engine and the service make --------------------------------------------
 
+    @property
+    def _model_series(self) -> tuple[Any, ...]:
+        """The metrics labelled by model alone: created when a model loads, removed when it is unloaded."""
+        return (self.time_to_first_token, self.time_per_output_token, self.queue_wait, self.input_tokens,
+                self.generated_tokens, self.texts_running, self.texts_waiting, self.rows_in_use, self.batch_size,
+                self.kv_cache_usage)
+
     def add_model(self, model: str, info: Mapping[str, str], load_seconds: float) -> None:
         """Record a loaded model, and create its series at zero so dashboards show them before traffic."""
         self.model_info.labels(model=model).info(dict(info))
         self.model_load_seconds.labels(model=model).set(load_seconds)
-        for metric in (self.time_to_first_token, self.time_per_output_token, self.queue_wait,
-                       self.input_tokens, self.generated_tokens, self.texts_running,
-                       self.texts_waiting, self.rows_in_use, self.batch_size, self.kv_cache_usage):
+        for metric in self._model_series:
             metric.labels(model=model)
         self.engine_up.labels(model=model).set(1)
 
     def remove_model(self, model: str) -> None:
-        """An unloaded model: its per-model series go (what it served stays in the request and token
+        """An unloaded model: the series add_model made go (what it served stays in the request and token
         counters' other series until the process restarts)."""
-        for metric in (self.model_info, self.model_load_seconds, self.time_to_first_token,
-                       self.time_per_output_token, self.queue_wait, self.input_tokens, self.generated_tokens,
-                       self.texts_running, self.texts_waiting, self.rows_in_use, self.batch_size,
-                       self.kv_cache_usage, self.engine_up):
+        for metric in (self.model_info, self.model_load_seconds, *self._model_series, self.engine_up):
             with contextlib.suppress(KeyError):
                 metric.remove(model)
 
