@@ -76,6 +76,8 @@ class _Text:
     segments: list[Segment]
     languages: tuple[str | None, str | None] = (None, None)  # the model's (source, target) codes
     target_prefix: tuple[int, ...] = ()  # the target ids its translation starts with (not split when given)
+    #: Per sentence, the source pieces its alignments point into (tokenized with the rest, when asked for).
+    source_pieces: list[list[str]] = field(default_factory=list)
     hypotheses: list[list[Hypothesis] | None] = field(default_factory=list)
     partial: list[list[int]] = field(default_factory=list)
 
@@ -303,7 +305,8 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
                         core.check(piece.source_ids, options, tokenizer.target_prefix(pair[1]) + target_prefixes[i])
                     except ValueError as exc:
                         raise ValidationError(f"target_prefixes[{i}]", str(exc)) from None
-            call_texts.append(_Text(i, segments, pair, target_prefix=target_prefixes[i]))
+            pieces = [tokenizer.source_pieces(s.text, *pair) for s in segments] if align else []
+            call_texts.append(_Text(i, segments, pair, target_prefix=target_prefixes[i], source_pieces=pieces))
 
         # Partials stream what can no longer change: greedy and one-sample tokens as they come, the prefix
         # that every live beam shares in beam search; n independent samples have no one partial to show.
@@ -516,8 +519,7 @@ class TranslationService(pb2_grpc.TranslationServiceServicer):
         if not text.segments:
             return result
         tokenizer = call.model.translator.tokenizer
-        aligned = call.return_alignments or call.replace_unknowns
-        pieces = [tokenizer.source_pieces(s.text, source, target) for s in text.segments] if aligned else []
+        pieces = text.source_pieces
 
         def decode(j: int, hypothesis: Hypothesis) -> str:
             return hypothesis_text(tokenizer, hypothesis, pieces[j] if call.replace_unknowns else None)
