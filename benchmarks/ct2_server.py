@@ -27,6 +27,8 @@ from typing import Any
 
 import grpc
 
+from mtserve.proto.api import pb2, pb2_grpc
+
 log = logging.getLogger("benchmarks.ct2_server")
 
 
@@ -37,7 +39,7 @@ class _Pending:
     arrived: float = field(default_factory=time.monotonic)
 
 
-class Ct2Service:
+class Ct2Service(pb2_grpc.TranslationServiceServicer):
     def __init__(self, model_dir: Path, ct2_dir: Path, threads: int, window: float, max_batch: int) -> None:
         import ctranslate2
 
@@ -82,8 +84,6 @@ class Ct2Service:
         return [(r.hypotheses[0], len(r.hypotheses[0]) + 1) for r in results]
 
     async def Translate(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        from mtserve.proto.api import pb2
-
         options = request.options
         key = (options.beam_size if options.HasField("beam_size") else 4,
                options.max_length if options.HasField("max_length") else 256)
@@ -104,23 +104,17 @@ class Ct2Service:
         return pb2.TranslateResponse(results=results, model="bench")
 
     async def ListModels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        from mtserve.proto.api import pb2
-
         return pb2.ListModelsResponse(models=[pb2.ModelInfo(name="bench", is_default=True)])
 
 
 async def serve(args: argparse.Namespace) -> None:
-    from mtserve.proto.api import pb2_grpc
-
     from .models import ModelSpec, ct2_model
 
     model = Path(args.model)
     ct2_dir = ct2_model(ModelSpec(model.name, model, str(model)))
     service = Ct2Service(model, ct2_dir, args.threads, args.window_ms / 1000, args.max_batch)
     server = grpc.aio.server()
-    generic = type("Servicer", (pb2_grpc.TranslationServiceServicer,), {
-        "Translate": service.Translate, "ListModels": service.ListModels})
-    pb2_grpc.add_TranslationServiceServicer_to_server(generic(), server)
+    pb2_grpc.add_TranslationServiceServicer_to_server(service, server)
     port = server.add_insecure_port(f"127.0.0.1:{args.port}")
     await server.start()
     batches = asyncio.create_task(service.run_batches())
