@@ -5,6 +5,11 @@ twice, as ``source.spm`` and ``target.spm``; ``vocab.json`` maps piece → id th
 way OPUS-MT models have it: ``</s>`` is 0, ``<unk>`` is 1 and ``<pad>`` is the
 last id (pad doubles as ``decoder_start_token_id``).
 
+Digits are split (``split_digits``: every number is spelled digit by digit, so that the model copies
+numbers it has never seen instead of mapping them to a similar-looking frequent piece such as ``▁2000``),
+and all ten digits are required characters, so each is a piece whatever the training text holds. That is
+the default for new vocabularies; the bundled model's vocabulary was trained before, without it.
+
 The SentencePiece model is trained with exactly those ids for ``</s>`` and
 ``<unk>`` and without pad or bos, so that every SentencePiece id equals its
 ``vocab.json`` id and pad is the one id SentencePiece never produces. The size
@@ -30,6 +35,7 @@ from mtserve.model.tokenizers import MarianTokenizer
 
 EOS, UNK, PAD = "</s>", "<unk>", "<pad>"
 FILES = ("source.spm", "target.spm", "vocab.json")
+DIGITS = "0123456789"
 
 
 def train_vocab(
@@ -41,8 +47,12 @@ def train_vocab(
     max_sentences: int = 2_000_000,
     threads: int | None = None,
     seed: int = 1,
+    split_digits: bool = True,
 ) -> Path:
-    """Train the joint unigram model on ``inputs`` (plain text, one segment a line) into ``out_dir``."""
+    """Train the joint unigram model on ``inputs`` (plain text, one segment a line) into ``out_dir``.
+
+    ``split_digits`` (the default) splits numbers into single digits and makes 0–9 pieces of their own.
+    """
     if size < 8:
         raise ValueError(f"vocabulary size {size} is too small")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,6 +71,9 @@ def train_vocab(
             eos_piece=EOS,
             unk_piece=UNK,
             character_coverage=character_coverage,
+            split_digits=split_digits,
+            # Every digit is a piece even if rare in the text: with split digits, a missing one would be <unk>.
+            required_chars=DIGITS if split_digits else "",
             input_sentence_size=max_sentences,
             shuffle_input_sentence=True,
             num_threads=threads or os.cpu_count() or 1,
@@ -114,10 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=8000, help="total vocabulary size, <pad> included")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-split-digits", dest="split_digits", action="store_false",
+                        help="let numbers form multi-digit pieces (how the bundled vocabulary was trained)")
     args = parser.parse_args(argv)
 
     train_vocab([args.data / "train.de", args.data / "train.en"], args.out, args.size,
-                threads=args.threads, seed=args.seed)
+                threads=args.threads, seed=args.seed, split_digits=args.split_digits)
     vocab = MarianTokenizer.from_dir(args.out)
     print(f"vocabulary: {vocab.source_vocab_size} ids (</s>={vocab.eos_id}, <unk>={vocab.unk_id}, "
           f"<pad>={vocab.pad_id}) in {args.out}")
