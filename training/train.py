@@ -12,7 +12,8 @@ What it does, in the usual recipe for transformer NMT (fairseq, Marian):
   decay, or (``--schedule cosine``) half a cosine to zero at ``--max-steps`` or ``--max-time``;
 - dropout from the model config, gradient-norm clipping, bf16 autocast on CUDA and on bf16 CPUs;
 - optionally an exponential moving average of the weights (``--ema-decay``, evaluated and exported),
-  the full-sentence pairs seen several times an epoch (``--oversample-sentences``), and encoder and
+  the full-sentence pairs seen several times an epoch (``--oversample-sentences``), a weight per data
+  source (``--source-weights``, with the ``train.source`` file the corpus writes), and encoder and
   decoder depths of their own (``--encoder-layers``/``--decoder-layers``);
 - greedy decoding of a dev subset every ``--eval-interval`` steps with the serving decoder
   (the engine core's step, so what is measured is what mtserve will produce), scored with sacrebleu
@@ -35,7 +36,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -53,7 +54,7 @@ from mtserve.model.options import SearchOptions
 from mtserve.model.tokenizers import MarianTokenizer
 from mtserve.model.transformer import Transformer
 
-from .data import read_split
+from .data import is_full_sentence, read_split
 from .vocab import copy_vocab
 
 Example = tuple[list[int], list[int]]  # (source ids ending in </s>, target ids ending in </s>)
@@ -92,6 +93,10 @@ class TrainConfig:
     # Each pair of the `train-sentences` split (the full sentences inside `train`) is seen this many times
     # an epoch: they are 5% of the pairs but what the model most needs to learn structure from.
     oversample_sentences: int = 1
+    # Times each pair of a source is seen per epoch, by the source names in train.source (a fraction: that
+    # share of its pairs, drawn anew each epoch); "<source>-sentences" weighs that source's full sentences.
+    # Sources not named weigh 1. Empty: every pair once (and train.source is not needed).
+    source_weights: dict[str, float] = field(default_factory=dict)
     # Exponential moving average of the weights (0 = off): what is evaluated and exported when on.
     ema_decay: float = 0.0
     seed: int = 1
@@ -134,6 +139,9 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be positive, got {self.max_time!r}")
+        for name, weight in self.source_weights.items():
+            if not (isinstance(weight, int | float) and 0 <= weight <= 100):
+                raise ValueError(f"source weight of {name!r} must be a number in [0, 100], got {weight!r}")
 
     def model_config(self, vocab: MarianTokenizer) -> ModelConfig:
         return ModelConfig(
@@ -161,12 +169,20 @@ class TrainConfig:
 
 def encode_pairs(vocab: MarianTokenizer, src: Sequence[str], tgt: Sequence[str], max_length: int) -> list[Example]:
     """Token ids of each pair, dropping pairs with a side over ``max_length`` (``</s>`` included)."""
+    return [example for example, kept in keep_pairs(vocab, src, tgt, max_length) if kept is not None]
+
+
+def keep_pairs(vocab: MarianTokenizer, src: Sequence[str], tgt: Sequence[str], max_length: int
+               ) -> list[tuple[Example, int | None]]:
+    """Each pair's token ids, with its index, or None where a side is over ``max_length`` (``</s>`` included)."""
     pairs = zip(vocab.encode_batch(src), vocab.encode_target_batch(tgt), strict=True)
-    return [(s, t) for s, t in pairs if len(s) <= max_length and len(t) <= max_length]
+    return [((s, t), i if len(s) <= max_length and len(t) <= max_length else None) for i, (s, t) in enumerate(pairs)]
 
 
-def make_batches(examples: Sequence[Example], max_tokens: int, seed: int, epoch: int) -> list[list[int]]:
-    """Indices grouped into batches of at most ``max_tokens`` padded tokens, in shuffled order.
+def make_batches(examples: Sequence[Example], max_tokens: int, seed: int, epoch: int,
+                 indices: Sequence[int] | None = None) -> list[list[int]]:
+    """Indices (of `indices`, by default all examples; one may repeat) grouped into batches of at most
+    ``max_tokens`` padded tokens, in shuffled order.
 
     Sorting by length (random tie-break, so ties do not always meet the same
     neighbours) puts similar lengths together; the cost of a batch is its size
@@ -174,13 +190,15 @@ def make_batches(examples: Sequence[Example], max_tokens: int, seed: int, epoch:
     in ``(seed, epoch)``, so a resumed run sees the same batches.
     """
     rng = random.Random(seed * 1_000_003 + epoch)
-    keys = [(max(len(s), len(t)), len(s), rng.random()) for s, t in examples]
-    order = sorted(range(len(examples)), key=keys.__getitem__)
+    chosen = range(len(examples)) if indices is None else indices
+    # One key per occurrence: a repeated example gets its own tie-break, so its copies need not meet.
+    keys = [(max(len(examples[i][0]), len(examples[i][1])), len(examples[i][0]), rng.random()) for i in chosen]
+    positions = sorted(range(len(keys)), key=keys.__getitem__)
     batches: list[list[int]] = []
     batch: list[int] = []
     longest = 0
-    for index in order:
-        length = keys[index][0]
+    for position in positions:
+        index, length = chosen[position], keys[position][0]
         if batch and (len(batch) + 1) * max(longest, length) > max_tokens:
             batches.append(batch)
             batch, longest = [], 0
@@ -440,11 +458,38 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _batches_from(examples: Sequence[Example], cfg: TrainConfig, epoch: int, position: int
-                  ) -> Iterator[tuple[int, int, list[int]]]:
+def epoch_indices(groups: Sequence[str], weights: dict[str, float], seed: int, epoch: int) -> list[int]:
+    """The examples of one epoch under per-group weights: each example of a group of weight w appears
+    floor(w) times, and a fraction (w - floor(w)) of the group once more, drawn anew each epoch
+    (deterministic in seed and epoch, so a resumed run sees the same epoch)."""
+    members: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    rng = random.Random(seed * 7_919 + epoch)
+    chosen: list[int] = []
+    for group in sorted(members):
+        indices, weight = members[group], weights.get(group, 1.0)
+        whole = int(weight)
+        chosen += indices * whole
+        extra = round((weight - whole) * len(indices))
+        chosen += rng.sample(indices, extra)
+    return chosen
+
+
+def example_groups(sources: Sequence[str], pairs: Sequence[tuple[str, str]], weights: dict[str, float]
+                   ) -> list[str]:
+    """Each example's weight group: "<source>-sentences" for a full sentence (data.is_full_sentence) when
+    that group has a weight, else its source."""
+    return [f"{source}-sentences" if f"{source}-sentences" in weights and is_full_sentence(de, en) else source
+            for source, (de, en) in zip(sources, pairs, strict=True)]
+
+
+def _batches_from(examples: Sequence[Example], cfg: TrainConfig, epoch: int, position: int,
+                  groups: Sequence[str] | None = None) -> Iterator[tuple[int, int, list[int]]]:
     """(epoch, position after this batch, indices) forever, starting at ``position`` of ``epoch``."""
     while True:
-        batches = make_batches(examples, cfg.max_tokens, cfg.seed, epoch)
+        indices = epoch_indices(groups, cfg.source_weights, cfg.seed, epoch) if groups is not None else None
+        batches = make_batches(examples, cfg.max_tokens, cfg.seed, epoch, indices)
         for i in range(position, len(batches)):
             yield epoch, i + 1, batches[i]
         epoch, position = epoch + 1, 0
@@ -459,10 +504,24 @@ def train(cfg: TrainConfig) -> TrainResult:
     torch.manual_seed(cfg.seed)
 
     vocab = MarianTokenizer.from_dir(cfg.vocab)
-    examples = encode_pairs(vocab, *read_split(cfg.data, "train"), cfg.max_length)
+    groups = None
+    if cfg.source_weights:
+        src, tgt = read_split(cfg.data, "train")
+        sources = (cfg.data / "train.source").read_text(encoding="utf-8").splitlines()
+        if len(sources) != len(src):
+            raise ValueError(f"{cfg.data}/train.source has {len(sources)} lines, train.de has {len(src)}")
+        keep = keep_pairs(vocab, src, tgt, cfg.max_length)
+        examples = [example for example, kept in keep if kept is not None]
+        kept_pairs = [(src[i], tgt[i]) for i, (_, kept) in enumerate(keep) if kept is not None]
+        groups = example_groups([sources[i] for i, (_, kept) in enumerate(keep) if kept is not None], kept_pairs,
+                                cfg.source_weights)
+    else:
+        examples = encode_pairs(vocab, *read_split(cfg.data, "train"), cfg.max_length)
     if cfg.oversample_sentences > 1:
         sentences = encode_pairs(vocab, *read_split(cfg.data, "train-sentences"), cfg.max_length)
         examples += sentences * (cfg.oversample_sentences - 1)
+        if groups is not None:
+            groups += ["sentences (oversampled)"] * (len(sentences) * (cfg.oversample_sentences - 1))
     eval_sets = {}
     for name in cfg.eval_sets:
         if (cfg.data / f"{name}.de").exists():
@@ -529,13 +588,16 @@ def train(cfg: TrainConfig) -> TrainResult:
         with open(log_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
+    group_sizes = {g: groups.count(g) for g in sorted(set(groups))} if groups is not None else {}
     log({"event": "start", "step": step, "examples": len(examples), "device": str(device),
+         "groups": group_sizes, "epoch_examples": len(epoch_indices(groups, cfg.source_weights, cfg.seed, 0))
+         if groups is not None else len(examples),
          "parameters": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
          "config": _jsonable(asdict(cfg))})
     meter = _Meter(device)
     last_loss, metrics = math.nan, {}
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not cfg.progress, dynamic_ncols=True, unit="step")
-    batches = _batches_from(examples, cfg, epoch, position)
+    batches = _batches_from(examples, cfg, epoch, position, groups)
     while step < cfg.max_steps and (cfg.max_time is None or time.perf_counter() - started < cfg.max_time):
         epoch, position, indices = next(batches)
         batch = collate([examples[i] for i in indices], vocab.pad_id, config.decoder_start_token_id, device)
@@ -644,6 +706,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--eval-sets", default="dev-sentences,dev", help="comma-separated split names in --data")
     p.add_argument("--oversample-sentences", type=int, default=1,
                    help="times each full-sentence pair (train-sentences split) is seen per epoch")
+    p.add_argument("--source-weights", default="",
+                   help="times each pair of a source is seen per epoch, e.g. 'ding-sentences=4,gettext=0.5' "
+                        "(sources of train.source; <source>-sentences: its full sentences; others weigh 1)")
     p.add_argument("--ema-decay", type=float, default=0.0,
                    help="keep an exponential moving average of the weights, evaluated and exported (e.g. 0.999)")
     p.add_argument("--seed", type=int, default=1)
@@ -657,7 +722,22 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="start from the weights of this model directory (same architecture)")
     args = vars(p.parse_args(argv))
     args["eval_sets"] = tuple(s for s in args["eval_sets"].split(",") if s)
+    args["source_weights"] = parse_weights(args["source_weights"])
     return TrainConfig(**args)
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """'a=1,b=0.5' → {'a': 1.0, 'b': 0.5}; ValueError naming the part that is not NAME=NUMBER."""
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ValueError(f"--source-weights: {part!r} is not NAME=NUMBER") from None
+    return weights
 
 
 def main(argv: list[str] | None = None) -> int:

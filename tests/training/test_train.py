@@ -382,3 +382,59 @@ def test_average_writes_the_mean_of_the_weights_and_refuses_other_architectures(
         average_models([cfg.out, small], tmp_path / "bad")
     with pytest.raises(ValueError, match="at least two models"):
         average_models([cfg.out], tmp_path / "one")
+
+
+# --- source weights -----------------------------------------------------------------------------
+
+
+def test_epoch_indices_follow_the_weights_and_change_per_epoch():
+    groups = ["a"] * 10 + ["b"] * 20 + ["c"] * 4
+    weights = {"a": 2.0, "b": 0.25}  # c weighs 1 (not named)
+    first = tr.epoch_indices(groups, weights, seed=1, epoch=0)
+    counts = {g: sum(groups[i] == g for i in first) for g in "abc"}
+    assert counts == {"a": 20, "b": 5, "c": 4}
+    assert all(first.count(i) == 2 for i in range(10))  # whole weights: every example that many times
+    assert first == tr.epoch_indices(groups, weights, seed=1, epoch=0)  # a resumed run sees the same epoch
+    drawn = [sorted(i for i in tr.epoch_indices(groups, weights, seed=1, epoch=e) if groups[i] == "b")
+             for e in range(4)]
+    assert len({tuple(d) for d in drawn}) > 1  # the fraction is drawn anew each epoch
+    assert tr.epoch_indices(groups, {"b": 0.0}, seed=1, epoch=0).count(10) == 0
+
+
+def test_example_groups_split_off_a_sources_full_sentences_only_when_weighted():
+    pairs = [("Das Haus ist rot.", "The house is red."), ("rot", "red"), ("Das Buch ist da.", "The book is here.")]
+    sources = ["ding", "ding", "gettext"]
+    assert tr.example_groups(sources, pairs, {"ding-sentences": 4}) == ["ding-sentences", "ding", "gettext"]
+    assert tr.example_groups(sources, pairs, {}) == sources
+
+
+def test_source_weights_parse_and_refuse_what_is_not_a_weight(tmp_path: Path):
+    assert tr.parse_weights("ding-sentences=4, gettext=0.5") == {"ding-sentences": 4.0, "gettext": 0.5}
+    for bad in ("ding", "ding=x", "=2"):
+        with pytest.raises(ValueError, match="is not NAME=NUMBER"):
+            tr.parse_weights(bad)
+    with pytest.raises(ValueError, match="source weight of 'a' must be a number in"):
+        tr.TrainConfig(data=tmp_path, vocab=tmp_path, out=tmp_path / "m", source_weights={"a": -1.0})
+
+
+def test_a_weighted_run_reads_train_source_and_sees_the_weighted_epoch(corpus, tmp_path: Path):
+    data, vocab = corpus
+    weighted = tmp_path / "data"
+    weighted.mkdir()
+    for path in data.glob("*.*"):
+        if path.is_file():
+            (weighted / path.name).write_bytes(path.read_bytes())
+    lines = (data / "train.de").read_text().splitlines()
+    (weighted / "train.source").write_text("".join(("ding" if i % 2 else "gettext") + "\n"
+                                                   for i in range(len(lines))))
+    cfg = tiny_config((weighted, vocab), tmp_path / "model", max_steps=2,
+                      source_weights={"ding-sentences": 3.0, "gettext": 0.5})
+    tr.train(cfg)
+    start = next(r for r in read_log(cfg) if r.get("event") == "start")
+    groups = start["groups"]
+    assert set(groups) <= {"ding", "ding-sentences", "gettext"} and groups.get("ding-sentences", 0) > 0
+    expected = groups.get("ding", 0) + 3 * groups["ding-sentences"] + round(0.5 * groups["gettext"])
+    assert start["epoch_examples"] == expected
+    (weighted / "train.source").write_text("ding\n")
+    with pytest.raises(ValueError, match=r"train\.source has 1 lines"):
+        tr.train(tiny_config((weighted, vocab), tmp_path / "model2", max_steps=1, source_weights={"ding": 1.0}))
