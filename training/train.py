@@ -33,6 +33,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -109,6 +110,9 @@ class TrainConfig:
     # how training continues across machines when only the exported model survives.
     init_from: Path | None = None
     save_dtype: str | None = None  # weights on disk: None keeps float32; float16 halves the file
+    # At each evaluation the raw weights (not the EMA) go to STATE/snapshots/step-N, a Marian directory;
+    # the newest this many are kept, for checkpoint averaging (python -m mtserve.training.average). 0: none.
+    keep_snapshots: int = 0
 
     def __post_init__(self) -> None:
         self.data, self.vocab, self.out = Path(self.data), Path(self.vocab), Path(self.out)
@@ -139,6 +143,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be positive, got {self.max_time!r}")
+        if not isinstance(self.keep_snapshots, int) or self.keep_snapshots < 0:
+            raise ValueError(f"keep_snapshots must be a non-negative integer, got {self.keep_snapshots!r}")
         for name, weight in self.source_weights.items():
             if not (isinstance(weight, int | float) and 0 <= weight <= 100):
                 raise ValueError(f"source weight of {name!r} must be a number in [0, 100], got {weight!r}")
@@ -440,6 +446,16 @@ def export_model(
     return out
 
 
+def snapshot(model: Transformer, config: ModelConfig, cfg: TrainConfig, step: int) -> Path:
+    """Export the weights of this step to STATE/snapshots/step-N and drop all but the newest
+    ``keep_snapshots`` (the step number is zero-padded, so names sort in step order)."""
+    folder = cfg.state_dir / "snapshots"
+    out = export_model(model, config, cfg.vocab, folder / f"step-{step:07d}")
+    for old in sorted(folder.glob("step-*"))[: -cfg.keep_snapshots]:
+        shutil.rmtree(old)
+    return out
+
+
 # --- the loop ------------------------------------------------------------------------------------
 
 
@@ -628,6 +644,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             log({"step": step, "eval": metrics})
             bar.write(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
             checkpoint()
+            if cfg.keep_snapshots:
+                snapshot(model, config, cfg, step)
     bar.close()
     if meter.targets:  # steps since the last report
         last_loss, _ = meter.report()
@@ -718,6 +736,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--save-dtype", choices=("float32", "float16", "bfloat16"), default=None,
                    help="dtype of the exported weights (float16 halves the file)")
+    p.add_argument("--keep-snapshots", type=int, default=0,
+                   help="export the weights at each evaluation to STATE/snapshots, keeping the newest N "
+                        "(for checkpoint averaging with python -m mtserve.training.average)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from the weights of this model directory (same architecture)")
     args = vars(p.parse_args(argv))

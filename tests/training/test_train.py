@@ -438,3 +438,12 @@ def test_a_weighted_run_reads_train_source_and_sees_the_weighted_epoch(corpus, t
     (weighted / "train.source").write_text("ding\n")
     with pytest.raises(ValueError, match=r"train\.source has 1 lines"):
         tr.train(tiny_config((weighted, vocab), tmp_path / "model2", max_steps=1, source_weights={"ding": 1.0}))
+
+
+def test_snapshots_keep_the_newest_exports_for_averaging(corpus, tmp_path: Path):
+    cfg = tiny_config(corpus, tmp_path / "model", max_steps=8, eval_interval=2, keep_snapshots=2)
+    tr.train(cfg)
+    kept = sorted(p.name for p in (cfg.state_dir / "snapshots").iterdir())
+    assert kept == ["step-0000006", "step-0000008"]
+    config, model = load_model(cfg.state_dir / "snapshots" / "step-0000008", device="cpu", dtype="float32")
+    assert config.d_model == 32 and isinstance(model, Transformer)
