@@ -21,8 +21,9 @@ Encoding follows Transformers: the text is split on added tokens first (added_to
 ``legacy_behaviour`` puts the code after ``</s>``. NLLB and MBart-50 load as ``tokenizers``-backed fast
 tokenizers in Transformers, whose Metaspace pre-tokenizer turns whitespace at the end of a run of text
 into a ``▁`` piece of its own; SentencePiece drops it. Between added tokens that piece is kept (as
-Transformers gives it); at the end of the text the text is stripped instead, as the issue asks: trailing
-whitespace changes no translation. Decoding drops every special token (language codes anywhere,
+Transformers gives it) unless the tokenizer.json's normalizer strips each run on the right (what
+Transformers 5.25 writes for MBart-50); at the end of the text the text is stripped instead, as the issue
+asks: trailing whitespace changes no translation. Decoding drops every special token (language codes anywhere,
 ``<unk>``, ``<mask>``) and ids without a token.
 """
 
@@ -63,11 +64,13 @@ class FairseqTokenizer:
         vocab_size: int,
         legacy_behaviour: bool = False,
         whitespace_piece: bool = True,
+        metaspace_decoder: bool = True,
         clean_up_spaces: bool = False,
     ) -> None:
         """`piece_ids`: SentencePiece piece → model id; `added`: the tokens matched whole in the text with
         their ids (specials and codes); `codes`: language code → id. `whitespace_piece`: the fast
-        tokenizers' trailing ``▁`` between added tokens (module docstring)."""
+        tokenizers' trailing ``▁`` between added tokens (module docstring); `metaspace_decoder`: decode as the
+        fast tokenizers do (▁ is a space), else as M2M100's Python tokenizer."""
         self._spm = spm
         self._added = AddedTokens(token for _, token in added)
         self._added_ids = {token.content: index for index, token in added}
@@ -82,6 +85,7 @@ class FairseqTokenizer:
         self.pad_id = ids.get("<pad>", piece_ids.get("<pad>", 1))
         self.legacy_behaviour = legacy_behaviour
         self._whitespace_piece = whitespace_piece
+        self._metaspace_decoder = metaspace_decoder
         self._clean_up_spaces = clean_up_spaces
         self._vocab_size = vocab_size
         unk = self.unk_id
@@ -191,7 +195,7 @@ class FairseqTokenizer:
         """The text of output ids, as Transformers' ``decode(ids, skip_special_tokens=True)``."""
         del skip_special_tokens  # always: a translation never shows its control tokens
         special, piece_of = self.special_ids, self._piece_of
-        if self._whitespace_piece:
+        if self._metaspace_decoder:
             # The fast tokenizers' Metaspace decoder: ▁ is a space, the first one dropped, nothing stripped.
             text = "".join(piece_of[i] for i in map(int, ids) if i not in special and i in piece_of)
             text = text.replace(SPIECE_UNDERLINE, " ")
@@ -226,9 +230,12 @@ class FairseqTokenizer:
         }
         if (path / TOKENIZER_JSON).is_file():
             piece_ids, added = _from_tokenizer_json(path / TOKENIZER_JSON)
+            # Tokenizers written by Transformers 5.25 and later strip each run of text on the right before
+            # the Metaspace pre-tokenizer, so no run ends in a ▁ of its own.
+            options["whitespace_piece"] = not _strips_right(load_json_object(path / TOKENIZER_JSON))
         elif (path / VOCAB).is_file():  # M2M100: a Python tokenizer in Transformers, no ▁ rule
             piece_ids, added = _from_vocab_json(path, config, spm)
-            options["whitespace_piece"] = False
+            options["whitespace_piece"] = options["metaspace_decoder"] = False
         else:
             piece_ids, added = _from_spm(path, config, spm)
         codes = {token.content: index for index, token in added if token.special and is_language_code(token.content)}
@@ -241,6 +248,13 @@ class FairseqTokenizer:
 
 
 # -- the three sources of ids ------------------------------------------------------------------------
+
+
+def _strips_right(data: Mapping[str, Any]) -> bool:
+    """Whether tokenizer.json's normalizer (alone or in a Sequence) strips whitespace on the right."""
+    normalizer = data.get("normalizer") or {}
+    steps = normalizer.get("normalizers") or [] if normalizer.get("type") == "Sequence" else [normalizer]
+    return any(step.get("type") == "Strip" and step.get("strip_right") for step in steps if isinstance(step, dict))
 
 
 def _from_tokenizer_json(file: Path) -> tuple[dict[str, int], list[tuple[int, AddedToken]]]:
