@@ -93,10 +93,10 @@ def measure(model: Any, rows: int, subsets: Sequence[float], steps: int, positio
 def _like(head: Any, rows: int, d_model: int, model: Any) -> Any:
     import torch
 
-    from mtserve.model.cpu_linear import PackedLinear
+    from mtserve.model.cpu_linear import CpuLinear
 
     linear = torch.nn.Linear(d_model, rows, device=model.device, dtype=model.dtype)
-    return PackedLinear(linear) if isinstance(head, PackedLinear) else linear
+    return type(head)(linear) if isinstance(head, CpuLinear) else linear
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,13 +1,14 @@
 """The batch: a model's KV-cache rows on the device, the texts occupying them, and the moves between steps.
 
-Texts join through one batched encoder pass (:meth:`Batch.add`) that fills their cross-attention K/V
-once; every step runs one decoder pass over the rows (:meth:`Batch.decode`, in parts when the engine
-core retries a failed step); the texts' searches turn the log-probabilities into plans (model/search.py)
-and :meth:`Batch.apply` moves rows as the plans say: beams reorder through one gather of the
-self-attention rows, finished texts leave, and a hole is filled by the last text so that most texts
-keep their rows. A text occupies ``search.rows`` consecutive rows; rows ``0 .. rows_in_use-1`` are the
-active prefix. The batch counts nothing for the scheduler: engine/scheduler.py holds the ledger, and
-the core checks after every step that the two agree.
+Texts join through one batched encoder pass (:meth:`Batch.add`) that fills their cross-attention K/V once;
+that pass also encodes the texts next in line (``ahead``), whose encoder outputs wait here until they join, so
+that newcomers trickling in as rows free up do not each pay a small pass; every step runs one decoder pass
+over the rows (:meth:`Batch.decode`, in parts when the engine core retries a failed step); the texts' searches
+turn the log-probabilities into plans (model/search.py) and :meth:`Batch.apply` moves rows as the plans say:
+beams reorder through one gather of the self-attention rows, finished texts leave, and a hole is filled by the
+last text so that most texts keep their rows. A text occupies ``search.rows`` consecutive rows; rows ``0 ..
+rows_in_use-1`` are the active prefix. The batch counts nothing for the scheduler: engine/scheduler.py holds
+the ledger, and the core checks after every step that the two agree.
 
 Because every text runs the same code whatever else is in the batch, batching never changes its result
 (up to float rounding): tests/model/test_batch_invariance.py.
@@ -97,6 +98,8 @@ class Batch:
         self.cache = model.new_cache(num_rows)
         self.slots: list[Slot] = []  # in cache-row order
         self._tokens: list[int] = []  # each row's next input token, in row order
+        #: Encoder outputs (S, d) of texts encoded ahead of joining, by key (see add).
+        self._encoded: dict[Hashable, torch.Tensor] = {}
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
@@ -127,25 +130,43 @@ class Batch:
 
     # -- texts joining and leaving ------------------------------------------------------------------
 
+    def is_encoded(self, key: Hashable) -> bool:
+        """Whether the text's encoder output waits here (it was encoded ahead)."""
+        return key in self._encoded
+
+    def forget(self, keys: Collection[Hashable]) -> None:
+        """Drop the encoder outputs kept for these texts (they left the queue without joining)."""
+        for key in keys:
+            self._encoded.pop(key, None)
+
     @torch.inference_mode()
-    def add(self, texts: Sequence[tuple[Hashable, NewText]]) -> None:
-        """Encode the texts in one pass and give each its rows after the active ones. All or nothing: if
-        anything raises, no text was added (rows past the active prefix may hold garbage, as free rows may)."""
+    def add(self, texts: Sequence[tuple[Hashable, NewText]], ahead: Sequence[tuple[Hashable, NewText]] = ()) -> None:
+        """Give each text its rows after the active ones, encoding those not encoded ahead in one pass;
+        the texts `ahead` (next in line, not joining yet) are encoded in the same pass and kept for when
+        they join. All or nothing: if anything raises, no text was added (rows past the active prefix may
+        hold garbage, as free rows may)."""
         if not texts:
             return
-        for _, work in texts:
+        for _, work in [*texts, *ahead]:
             self.check(work.source_ids, work.options, work.prompt, work.constraints)
         # A prefilled prompt counts toward max_length: the search generates what is left.
         searches = [_search_for(work, self.device) for _, work in texts]
         row_counts = [search.rows for search in searches]
         if sum(row_counts) > self.free_rows:
             raise RuntimeError(f"{sum(row_counts)} rows needed, {self.free_rows} free")
-        sources = [work.source_ids for _, work in texts]
-        longest = max(len(s) for s in sources)
-        ids = self._upload([s + [self.model.config.pad_token_id] * (longest - len(s)) for s in sources])
-        lengths = self._upload([len(s) for s in sources])
+        joining = {key for key, _ in texts}
+        unencoded = [(key, work) for key, work in texts if key not in self._encoded]
+        if unencoded:
+            extra = [(key, work) for key, work in ahead if key not in self._encoded and key not in joining]
+            self._encoded.update(self._encode(unencoded + extra))
+        memories = [self._encoded.pop(key) for key, _ in texts]
+        lengths_list = [m.shape[0] for m in memories]
+        longest = max(lengths_list)
+        memory = memories[0].new_zeros(len(memories), longest, memories[0].shape[-1])  # (P, S, d)
+        for index, text_memory in enumerate(memories):
+            memory[index, : text_memory.shape[0]] = text_memory
+        lengths = self._upload(lengths_list)
         mask = torch.arange(longest, device=self.device)[None, :] < lengths[:, None]  # (P, S)
-        memory = self.model.encode(ids, mask)  # (P, S, d)
         first = len(self._tokens)
         rows = torch.arange(first, first + sum(row_counts), device=self.device)  # counted on the host: no sync
         self.cache.reserve(source_length=longest)
@@ -156,6 +177,17 @@ class Batch:
             self.slots.append(Slot(key, work, search, len(work.source_ids), start=len(self._tokens),
                                    position=len(prompt)))
             self._tokens += [prompt[-1] if prompt else self.start_id] * search.rows
+
+    def _encode(self, texts: Sequence[tuple[Hashable, NewText]]) -> dict[Hashable, torch.Tensor]:
+        """One encoder pass over the texts' sources → each text's encoder output (S_i, d), by key."""
+        sources = [work.source_ids for _, work in texts]
+        longest = max(len(s) for s in sources)
+        ids = self._upload([s + [self.model.config.pad_token_id] * (longest - len(s)) for s in sources])
+        lengths = self._upload([len(s) for s in sources])
+        mask = torch.arange(longest, device=self.device)[None, :] < lengths[:, None]  # (P, S)
+        memory = self.model.encode(ids, mask)  # (P, S, d)
+        return {key: memory[index, : len(source)] for index, ((key, _), source) in enumerate(zip(texts, sources,
+                                                                                                  strict=True))}
 
     def _prefill(self, texts: Sequence[tuple[Hashable, NewText]], row_counts: list[int], first: int,
                  memory: torch.Tensor, mask: torch.Tensor) -> None:
@@ -183,6 +215,7 @@ class Batch:
     def reset(self) -> None:
         """Forget every text (after a fault that left the rows in an unknown state); a fresh cache."""
         self.slots, self._tokens = [], []
+        self._encoded.clear()
         self.cache = self.model.new_cache(self.num_rows)
 
     # -- one decoder step, in parts if need be -------------------------------------------------------

@@ -44,6 +44,8 @@ from .scheduler import Request, Scheduler, Text
 log = logging.getLogger(__name__)
 
 Phase = Literal["encode", "decode", "advance"]
+#: Source tokens an encoder pass fills up to with texts next in line (see EngineCore._admit).
+ENCODE_AHEAD_TOKENS = 512
 
 
 @dataclass
@@ -72,8 +74,12 @@ class EngineCore:
         *,
         name: str = "model",
         clock: Callable[[], float] = time.monotonic,
+        encode_ahead_tokens: int = ENCODE_AHEAD_TOKENS,
     ) -> None:
         self.name = name
+        #: An encoder pass for newcomers also encodes the texts next in line up to this many source tokens
+        #: in all (0: never ahead); see _admit.
+        self.encode_ahead_tokens = encode_ahead_tokens
         self.clock = clock
         self.scheduler = scheduler
         self.batch = Batch(model, scheduler.max_rows)
@@ -134,6 +140,7 @@ class EngineCore:
         scheduled = self.scheduler.schedule(started)
         out = StepOutput(admitted=scheduled.admitted)
         out.events = [TextEvent(a.text, finish_reason=a.reason) for a in scheduled.aborted]
+        self.batch.forget([a.text for a in scheduled.aborted if not a.was_running])
         leaving = {a.text for a in scheduled.aborted if a.was_running}
         if leaving:
             try:
@@ -159,21 +166,32 @@ class EngineCore:
             self.scheduler.observe_step(out.seconds)
         return out
 
-    def _admit(self, texts: list[Text], events: list[TextEvent]) -> None:
-        """Encode newcomers together; when that raises, in halves, down to the text that cannot be."""
+    def _admit(self, texts: list[Text], events: list[TextEvent], ahead: bool = True) -> None:
+        """Encode newcomers together; when that raises, in halves, down to the text that cannot be.
+
+        A pass that must run anyway also encodes the texts next in line (Scheduler.upcoming), up to
+        ``encode_ahead_tokens`` source tokens in all: when rows free up a few at a time, each group of
+        newcomers would otherwise pay an encoder pass of its own, and small passes cost far more per token
+        (bundled model, one thread: 61 µs a token in a pass of 112 tokens, 44 µs in one of 448; over 500
+        dictionary entries greedy, the offline Translator spent 29% of its time in 82 encoder passes)."""
         if not texts:
             return
+        upcoming: list[Text] = []
+        if ahead and not all(self.batch.is_encoded(text) for text in texts):
+            budget = self.encode_ahead_tokens - sum(text.source_tokens for text in texts)
+            if budget > 0:
+                upcoming = self.scheduler.upcoming(self.scheduler.max_rows, budget)
         try:
             self._probe("encode", texts)
-            self.batch.add([(text, text.work) for text in texts])
+            self.batch.add([(text, text.work) for text in texts], ahead=[(text, text.work) for text in upcoming])
         except Exception as exc:
             if len(texts) == 1:
                 self._fail(texts, exc, events, "encoder")
                 return
             self._note_retry(exc, "encoder", len(texts))
             half = len(texts) // 2
-            self._admit(texts[:half], events)
-            self._admit(texts[half:], events)
+            self._admit(texts[:half], events, ahead=False)
+            self._admit(texts[half:], events, ahead=False)
 
     def _decode(self, events: list[TextEvent]) -> None:
         slots = list(self.batch.slots)

@@ -312,6 +312,29 @@ class Scheduler:
             self._num_waiting = 0
             return aborted
 
+    def upcoming(self, max_texts: int, max_tokens: int) -> list[Text]:
+        """Waiting texts in about the order they will be admitted (requests by turn, their texts in order,
+        one text of each request a round), at most `max_texts` with `max_tokens` source tokens in all:
+        what the batch may encode ahead of their admission. A guess, never a promise: nothing changes."""
+        with self._cond:
+            line = sorted(self._waiting, key=lambda rid: self._turn_key(self._requests[rid]))
+            queues = [iter(self._waiting[rid]) for rid in line]
+            chosen: list[Text] = []
+            tokens = 0
+            while queues and len(chosen) < max_texts:
+                still = []
+                for queue in queues:
+                    text = next(queue, None)
+                    if text is None:
+                        continue
+                    if tokens + text.source_tokens > max_tokens or len(chosen) == max_texts:
+                        return chosen
+                    chosen.append(text)
+                    tokens += text.source_tokens
+                    still.append(queue)
+                queues = still
+            return chosen
+
     def observe_step(self, seconds: float) -> None:
         """How long the last engine step took (for the shedding estimate)."""
         self.step_seconds = _smooth(self.step_seconds, seconds, _STEP_SMOOTHING)

@@ -135,6 +135,7 @@ class Translator:
                         "on an AMD EPYC) and its results differ; use --dtype float32, or bfloat16")
         defaults = generation_defaults(path, model.config.max_position_embeddings)
         translator = cls(model, tokenizer, path=path, defaults=defaults, **kwargs)
+        model.fuse_projections()
         if quantize == "int8":
             quantize_int8(model)
         elif pack and pack_linears(model):

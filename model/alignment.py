@@ -17,7 +17,6 @@ for, when it finishes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -56,9 +55,9 @@ def cross_attention(model: Transformer, source_ids: Sequence[int], outputs: Sequ
         x = decoder_layer._self_attention(x, None, is_causal=True)
         h = decoder_layer._input(x, decoder_layer.encoder_attn_layer_norm)
         attention = decoder_layer.encoder_attn
-        q = attention.split_heads(attention.q_proj(h))  # (B, H, T, D)
+        q = attention.project_q(h)  # (B, H, T, D)
         key, _ = attention.project_kv(memory)
-        scores = torch.matmul(q, key.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        scores = torch.matmul(q, key.transpose(-1, -2)) * attention.query_scale
         weights = torch.softmax(scores.float(), dim=-1).mean(dim=1)  # (B, T, S)
         return [weights[row, : len(output)] for row, output in enumerate(outputs)]
     raise ValueError(f"layer {layer} is not one of the decoder's {len(model.decoder.layers)} layers")

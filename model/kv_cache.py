@@ -117,14 +117,18 @@ class KVCache:
         value: torch.Tensor,
         length: int,
         first_row: int = 0,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write one step's K/V (N, H, 1, D) of rows ``first_row ..`` at each row's position (N,) and return
         those rows' K/V so far.
 
-        `length` is max(positions) + 1, known on the host so that no device value is read here.
+        `length` is max(positions) + 1, known on the host so that no device value is read here. `rows`: the
+        row indices ``first_row .. first_row + N - 1``, when the caller has them already (every layer of a
+        step writes the same rows).
         """
         count = positions.shape[0]
-        rows = torch.arange(first_row, first_row + count, device=positions.device)
+        if rows is None:
+            rows = torch.arange(first_row, first_row + count, device=positions.device)
         # Advanced indices on dims 0 and 2 of (R, H, T, D) select (N, H, D).
         self.self_k[layer][rows, :, positions] = key[:, :, 0]
         self.self_v[layer][rows, :, positions] = value[:, :, 0]
@@ -173,7 +177,7 @@ class KVCache:
                 view = buffer[layer, :, :, :source_length]
                 view.index_copy_(0, destinations, torch.index_select(view, 0, sources))
 
-    def masks(
+    def attention_biases(
         self,
         positions: torch.Tensor,
         target_length: int,
@@ -181,15 +185,18 @@ class KVCache:
         group_size: int = 1,
         first_row: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Boolean attention masks for one step of N rows from `first_row`: self (N,1,1,T) and cross
-        (N,1,1,S), or (N/k,1,1,S) for texts of `group_size` k rows (see :meth:`cross`)."""
+        """What one step of N rows from `first_row` adds to its attention scores (0 where a row may attend,
+        -inf where it may not): self (N,1,1,T), and cross (N,1,1,S), or (N/k,1,1,S) for texts of
+        `group_size` k rows (see :meth:`cross`). Made once per step for every layer."""
         count = positions.shape[0]
         steps = torch.arange(target_length, device=positions.device)
-        self_mask = steps[None, :] <= positions[:, None]  # (N, T)
         sources = torch.arange(source_length, device=positions.device)
         lengths = self.source_length[first_row : first_row + count : group_size]
-        cross_mask = sources[None, :] < lengths[:, None]  # (N/k, S)
-        return self_mask[:, None, None, :], cross_mask[:, None, None, :]
+        self_bias = torch.zeros(count, target_length, dtype=self.dtype, device=self.device)
+        self_bias.masked_fill_(steps[None, :] > positions[:, None], float("-inf"))  # (N, T)
+        cross_bias = torch.zeros(lengths.shape[0], source_length, dtype=self.dtype, device=self.device)
+        cross_bias.masked_fill_(sources[None, :] >= lengths[:, None], float("-inf"))  # (N/k, S)
+        return self_bias[:, None, None, :], cross_bias[:, None, None, :]
 
     def nbytes(self) -> int:
         buffers = [self.self_k, self.self_v, self.cross_k, self.cross_v, self._spare_k, self._spare_v]

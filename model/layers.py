@@ -11,7 +11,6 @@ from torch import nn
 
 from .attention import MultiHeadAttention
 from .config import ModelConfig
-from .kv_cache import KVCache
 
 
 def activation(name: str) -> nn.Module:
@@ -144,41 +143,11 @@ class DecoderLayer(_Layer):
         """:meth:`forward` over a target prefix (B, T, d), also returning its self-attention keys and values
         (B, H, T, D) for the cache: the steps that follow continue from them."""
         h = self._input(x, self.self_attn_layer_norm)
-        key, value = self.self_attn.project_kv(h)
-        x = self._residual(x, self.self_attn.attend(h, key, value, None, is_causal=True), self.self_attn_layer_norm)
+        q, key, value = self.self_attn.project_qkv(h)
+        x = self._residual(x, self.self_attn.attend(q, key, value, None, is_causal=True), self.self_attn_layer_norm)
         h = self._input(x, self.encoder_attn_layer_norm)
         x = self._residual(x, self.encoder_attn(h, memory, memory_mask), self.encoder_attn_layer_norm)
         return self._feed_forward(x), key, value
-
-    def step(
-        self,
-        x: torch.Tensor,
-        cache: KVCache,
-        layer: int,
-        positions: torch.Tensor,
-        self_mask: torch.Tensor,
-        cross_mask: torch.Tensor,
-        target_length: int,
-        group_size: int = 1,
-        first_row: int = 0,
-    ) -> torch.Tensor:
-        """One new token per row: x (N, 1, d) for cache rows ``first_row ..``; keys/values come from and go
-        to `cache`. With `group_size` k > 1, every k consecutive rows are one text's beams and share its
-        cross-attention K/V."""
-        h = self._input(x, self.self_attn_layer_norm)
-        key, value = self.self_attn.project_kv(h)  # (N, H, 1, D)
-        key, value = cache.append(layer, positions, key, value, target_length, first_row)
-        x = self._residual(x, self.self_attn.attend(h, key, value, self_mask), self.self_attn_layer_norm)
-        h = self._input(x, self.encoder_attn_layer_norm)
-        cross_key, cross_value = cache.cross(layer, x.shape[0], cross_mask.shape[-1], group_size, first_row)
-        if group_size > 1:  # (N, 1, d) as (N/k, k, d): the k beams are k queries against one text
-            rows, _, width = h.shape
-            grouped = h.view(rows // group_size, group_size, width)
-            attended = self.encoder_attn.attend(grouped, cross_key, cross_value, cross_mask).view(rows, 1, width)
-        else:
-            attended = self.encoder_attn.attend(h, cross_key, cross_value, cross_mask)
-        x = self._residual(x, attended, self.encoder_attn_layer_norm)
-        return self._feed_forward(x)
 
 
 def embedding_scale(d_model: int, scale_embedding: bool) -> float:

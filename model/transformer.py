@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import decoder_step
 from .config import ModelConfig
 from .kv_cache import KVCache
 from .layers import DecoderLayer, EncoderLayer, embedding_scale, fairseq_positions, sinusoidal_positions
@@ -198,11 +199,16 @@ class Transformer(nn.Module):
         values once for its k queries instead of once per row. A block of rows other than the first
         (`first_row` > 0) lets a step run in parts (engine/core.py retries a failed step that way).
         """
-        x = self._embed(self.decoder, tokens[:, None], positions[:, None])  # (N, 1, d)
-        self_mask, cross_mask = cache.masks(positions, target_length, source_length, group_size, first_row)
-        for index, layer in enumerate(self.decoder.layers):
-            x = layer.step(x, cache, index, positions, self_mask, cross_mask, target_length, group_size, first_row)
-        return self._logits(self.decoder.finish(x[:, 0]))
+        return decoder_step.decode_step(self, tokens, positions, cache, target_length, source_length, group_size,
+                                        first_row)
+
+    def fuse_projections(self) -> None:
+        """Inference: every self-attention projects q, k and v with one layer, every cross-attention k and v
+        (MultiHeadAttention.fuse). The same function; the parameter names are no longer Transformers'."""
+        for layer in [*self.encoder.layers, *self.decoder.layers]:
+            layer.self_attn.fuse(with_query=True)
+        for layer in self.decoder.layers:
+            layer.encoder_attn.fuse(with_query=False)
 
     @property
     def device(self) -> torch.device:

@@ -337,3 +337,45 @@ def test_a_fault_while_completing_a_finished_text_fails_that_text_alone(
     assert ending.finish_reason is FinishReason.FAILED and isinstance(ending.error, RuntimeError)
     for text in plain:
         assert run.ending(text).finish_reason in (FinishReason.FINISHED, FinishReason.MAX_LENGTH)
+
+
+def test_an_encoder_pass_also_encodes_the_texts_next_in_line(varied: Transformer,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows free up one at a time; the text that takes them was encoded ahead, in the first pass (which
+    encodes up to the batch's rows ahead), and decodes to what it decodes alone. A waiting text cancelled
+    after being encoded leaves nothing behind."""
+    passes: list[int] = []
+    encode = varied.encode
+    monkeypatch.setattr(varied, "encode", lambda ids, mask: passes.append(ids.shape[0]) or encode(ids, mask))
+    core = make(varied, rows=2)
+    core.encode_ahead_tokens = 1000
+    run = Run(core)
+    texts = [t for i in range(2) for t in submit(core, f"r{i}", 4 + 3 * i, length=6)]
+    doomed = submit(core, "doomed", 9, length=6)
+    texts += submit(core, "r2", 10, length=6)
+    run.step()
+    assert passes == [4] and core.batch.is_encoded(texts[2]) and core.batch.is_encoded(doomed[0])
+    core.cancel("doomed")
+    run.step()
+    assert not core.batch.is_encoded(doomed[0])
+    run.to_end()
+    assert passes == [4]  # the later newcomer joined without an encoder pass of its own
+    monkeypatch.undo()
+    for index, text in enumerate(texts):
+        alone = make(varied, rows=2)
+        [solo] = submit(alone, "solo", 4 + 3 * index, length=6)
+        lone = Run(alone)
+        lone.to_end()
+        assert run.tokens(text) == lone.tokens(solo)
+
+
+def test_no_encoding_ahead_when_turned_off(varied: Transformer, monkeypatch: pytest.MonkeyPatch) -> None:
+    passes: list[int] = []
+    encode = varied.encode
+    monkeypatch.setattr(varied, "encode", lambda ids, mask: passes.append(ids.shape[0]) or encode(ids, mask))
+    core = make(varied, rows=2)
+    core.encode_ahead_tokens = 0
+    for i in range(4):
+        submit(core, f"r{i}", 4, length=6)
+    Run(core).to_end()
+    assert sum(passes) == 4 and len(passes) > 1

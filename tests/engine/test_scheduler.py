@@ -336,3 +336,14 @@ def test_wait_for_work():
     threading.Timer(0.05, lambda: s.submit(req("a"))).start()
     assert s.wait_for_work(timeout=5) is True
     assert s.num_waiting == 1
+
+
+def test_upcoming_guesses_the_admission_order_within_limits_and_changes_nothing():
+    s = make(max_rows=1)
+    s.submit(req("a", t("a0", tokens=5), t("a1", tokens=5), t("a2", tokens=5)))
+    s.submit(req("b", t("b0", tokens=5), t("b1", tokens=5), priority=1))
+    assert ids(s.upcoming(10, 1000)) == ["b0", "a0", "b1", "a1", "a2"]  # requests by turn, a text a round
+    assert ids(s.upcoming(3, 1000)) == ["b0", "a0", "b1"]
+    assert ids(s.upcoming(10, 12)) == ["b0", "a0"]  # the next would pass 12 source tokens
+    assert s.num_waiting == 5 and ids(s.schedule(0.0).admitted) == ["b0"]
+    assert ids(s.upcoming(10, 1000)) == ["b1", "a0", "a1", "a2"]  # b holds a row now: a goes first

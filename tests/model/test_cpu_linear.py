@@ -1,4 +1,4 @@
-"""Pre-packed oneDNN linear layers: the same function as nn.Linear, and the same translations."""
+"""Pre-packed linear layers (MKL, oneDNN): the same function as nn.Linear, and the same translations."""
 
 from __future__ import annotations
 
@@ -11,8 +11,20 @@ import torch
 from torch import nn
 
 from mtserve.engine.translator import Translator
+from mtserve.model import mkl_gemm
 from mtserve.model.checkpoint import load_model
-from mtserve.model.cpu_linear import PackedLinear, bucket_rows, can_pack, fold_logits_bias, pack_linears
+from mtserve.model.cpu_linear import (
+    CpuLinear,
+    MklLinear,
+    OneDnnLinear,
+    bucket_rows,
+    can_pack,
+    default_kernel,
+    fold_logits_bias,
+    kernels_available,
+    kernels_in_use,
+    pack_linears,
+)
 from mtserve.model.options import SearchOptions
 
 pytestmark = [
@@ -21,14 +33,41 @@ pytestmark = [
 ]
 
 
+needs_mkl = pytest.mark.skipif(not mkl_gemm.available(), reason="this torch build exports no MKL packed GEMM")
+
+
+@pytest.mark.parametrize("kernel", [OneDnnLinear, pytest.param(MklLinear, marks=needs_mkl)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_packed_linear_computes_nn_linear(bias: bool) -> None:
+def test_packed_linear_computes_nn_linear(kernel: type[CpuLinear], bias: bool) -> None:
     torch.manual_seed(0)
     linear = nn.Linear(96, 160, bias=bias)
-    packed = PackedLinear(linear)
+    packed = kernel(linear)
     for x in (torch.randn(5, 96), torch.randn(3, 7, 96), torch.randn(7, 3, 96).transpose(0, 1), torch.randn(1, 96),
               torch.randn(17, 96), torch.randn(4, 33, 96)):  # 17 and 132 rows are padded to a bucket
         torch.testing.assert_close(packed(x), linear(x), atol=1e-5, rtol=1e-5)
+    assert packed(torch.randn(0, 96)).shape == (0, 160)
+
+
+@needs_mkl
+def test_mkl_packing_serves_every_row_count_and_frees_the_weight_it_was_given() -> None:
+    """Packed once (for mkl_gemm.PACK_ROWS rows), multiplied at any row count, as CTranslate2 does."""
+    torch.manual_seed(1)
+    linear = nn.Linear(256, 1000)
+    packed = MklLinear(linear)
+    for rows in (1, 3, 63, 64, 65, 300):
+        x = torch.randn(rows, 256)
+        torch.testing.assert_close(packed(x), linear(x), atol=1e-4, rtol=1e-5)
+    assert not any(t is linear.weight for t in packed.state_dict().values())
+
+
+def test_the_default_kernel_is_mkl_on_intel_and_onednn_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mtserve.model import cpu_linear
+
+    monkeypatch.setattr(cpu_linear, "cpu_vendor", lambda: "GenuineIntel")
+    assert default_kernel(["mkl", "onednn"]) == "mkl" and default_kernel(["onednn"]) == "onednn"
+    monkeypatch.setattr(cpu_linear, "cpu_vendor", lambda: "AuthenticAMD")
+    assert default_kernel(["mkl", "onednn"]) == "onednn" and default_kernel(["mkl"]) == "mkl"
+    assert set(kernels_available()) <= {"mkl", "onednn"}
 
 
 def test_row_buckets_are_few_and_waste_little() -> None:
@@ -49,7 +88,7 @@ def test_memory_stays_flat_over_ever_new_row_counts() -> None:
     grew resident memory by ~240 MB (410 -> 650 MB); with them, by ~10 MB."""
     torch.manual_seed(0)
     rng = random.Random(0)
-    layers = [PackedLinear(nn.Linear(256, 1024)), PackedLinear(nn.Linear(1024, 256))]
+    layers = [OneDnnLinear(nn.Linear(256, 1024)), OneDnnLinear(nn.Linear(1024, 256))]
 
     def passes(count: int) -> None:
         with torch.inference_mode():
@@ -69,6 +108,11 @@ def test_pack_linears_replaces_every_linear_and_only_on_float32_cpu(make_marian:
     linears = sum(isinstance(m, nn.Linear) for m in model.modules())
     assert pack_linears(model) == linears > 0
     assert not any(isinstance(m, nn.Linear) for m in model.modules())
+    assert sum(kernels_in_use(model).values()) == linears
+    _, forced = load_model(model_dir, device="cpu", dtype="float32")
+    assert pack_linears(forced, kernel="onednn") == linears and kernels_in_use(forced) == {"onednn": linears}
+    with pytest.raises(ValueError, match="kernel must be auto or one of mkl, onednn, got 'x'"):
+        pack_linears(forced, kernel="x")
 
     _, half = load_model(model_dir, device="cpu", dtype="bfloat16")
     assert not can_pack(half) and pack_linears(half) == 0
@@ -78,7 +122,7 @@ def test_packed_translator_gives_the_same_tokens(make_marian: Any, helpers: Any,
     model_dir, _ = make_marian(tmp_path, tokenizer=True, init_std=0.5, eos_boost=1.0, seed=5)
     plain = Translator.load(model_dir, device="cpu", pack=False)
     packed = Translator.load(model_dir, device="cpu")
-    assert any(isinstance(m, PackedLinear) for m in packed.model.modules())
+    assert any(isinstance(m, CpuLinear) for m in packed.model.modules())
     assert packed.num_parameters == plain.num_parameters == plain.model.num_parameters()
     config = plain.config
     sources = helpers.random_sources(
@@ -114,8 +158,8 @@ def test_warm_up_meets_every_bucket_once_per_weight_shape(make_marian: Any, tmp_
 
     model_dir, _ = make_marian(tmp_path, init_std=0.5)
     _, model = load_model(model_dir, device="cpu", dtype="float32")
-    pack_linears(model)
-    shapes = {(m.in_features, m.out_features) for m in model.modules() if isinstance(m, PackedLinear)}
+    pack_linears(model, kernel="onednn")
+    shapes = {(m.in_features, m.out_features) for m in model.modules() if isinstance(m, OneDnnLinear)}
     buckets = len({bucket_rows(r) for r in range(1, 65)})
     # The output layer's shape is met up to the batch's rows, the three others up to 64 encoder rows here.
     assert warm_up(model, step_rows=64, pass_rows=64) == len(shapes) * buckets

@@ -276,8 +276,8 @@ def test_oracle_catches_a_broken_cache(model: Transformer, monkeypatch: pytest.M
     original_append = core.batch.cache.append
 
     def forgetful_append(layer: int, positions: torch.Tensor, key: torch.Tensor, value: torch.Tensor, length: int,
-                         first_row: int = 0):
-        k, v = original_append(layer, positions, key, value, length, first_row)
+                         first_row: int = 0, rows: torch.Tensor | None = None):
+        k, v = original_append(layer, positions, key, value, length, first_row, rows)
         if length > 2:
             k[:, :, 0] = 0.0
         return k, v
