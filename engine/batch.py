@@ -169,7 +169,7 @@ class Batch:
         mask = torch.arange(longest, device=self.device)[None, :] < lengths[:, None]  # (P, S)
         first = len(self._tokens)
         rows = torch.arange(first, first + sum(row_counts), device=self.device)  # counted on the host: no sync
-        self.cache.reserve(source_length=longest)
+        self.cache.reserve(source_length=longest + 1)  # one to spare, as in decode
         self.model.fill_cross_attention(self.cache, rows, memory, lengths, self._upload(row_counts))
         self._prefill(texts, row_counts, first, memory, mask)
         for (key, work), search in zip(texts, searches, strict=True):
@@ -228,16 +228,19 @@ class Batch:
         row0, row1 = slots[0].start, slots[-1].start + slots[-1].rows
         positions = [slot.position for slot in slots for _ in range(slot.rows)]
         target_length = max(positions) + 1
-        self.cache.reserve(target_length=target_length)
-        logits = self.model.decode_step(
-            self._upload(self._tokens[row0:row1]),
-            self._upload(positions),
-            self.cache,
-            target_length,
-            max(slot.source_length for slot in slots),
-            _group_size(slots),
-            first_row=row0,
-        )
+        # One position to spare: a compiled step's graph then always reads a part of the buffer, never all
+        # of it (which would be a second graph).
+        self.cache.reserve(target_length=min(target_length + 1, self.max_target_length))
+        tokens, token_positions = self._upload(self._tokens[row0:row1]), self._upload(positions)
+        source_length, group_size = max(slot.source_length for slot in slots), _group_size(slots)
+        compiled = getattr(self.model, "compiled_step", None)
+        if compiled is not None and row0 == 0 and row1 == len(self._tokens):
+            logprobs = compiled(tokens, token_positions, self.cache, target_length, source_length, group_size,
+                                self.start_id)
+            if logprobs is not None:
+                return logprobs
+        logits = self.model.decode_step(tokens, token_positions, self.cache, target_length, source_length,
+                                        group_size, first_row=row0)
         return torch.log_softmax(logits, dim=-1)  # (N, V)
 
     @torch.inference_mode()

@@ -27,6 +27,7 @@ import torch
 
 from mtserve.model import bundled_model_dir
 from mtserve.model.checkpoint import check_model_dir, cpu_has_fast_float16, load_model, model_languages
+from mtserve.model.compiled_step import COMPILE_MODES, CompiledStep
 from mtserve.model.config import ModelConfig
 from mtserve.model.cpu_linear import fold_logits_bias, pack_linears
 from mtserve.model.options import SearchOptions, generation_defaults, merge_defaults
@@ -118,13 +119,20 @@ class Translator:
         *,
         pack: bool = True,
         quantize: str = "none",
+        compile: str = "off",
         **kwargs: Any,
     ) -> Translator:
         """Load a model directory (Marian, M2M100/NLLB or MBart). `pack`: on a float32 CPU model, pre-pack
-        the linear layers for oneDNN (see cpu_linear.py; same results up to float rounding, about twice as fast).
-        `quantize="int8"`: int8 linear layers instead (see quantize.py; faster still, less accurate)."""
+        the linear layers (see cpu_linear.py; same results up to float rounding, about twice as fast).
+        `quantize="int8"`: int8 linear layers instead (see quantize.py; faster still, less accurate).
+        `compile="on"`: the decoder step compiled with torch.compile (model/compiled_step.py); the linear
+        layers then stay torch's, for the compiler to pack."""
         if quantize not in QUANTIZE_MODES:
             raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
+        if compile == "on" and quantize != "none":
+            raise ValueError("compile and quantize cannot be combined: the compiled step runs float weights")
         started = time.perf_counter()
         path = Path(path)
         config = check_model_dir(path)  # the directory and its config.json first: errors name the directory
@@ -138,6 +146,8 @@ class Translator:
         model.fuse_projections()
         if quantize == "int8":
             quantize_int8(model)
+        elif compile == "on":
+            model.compiled_step = CompiledStep(model)
         elif pack and pack_linears(model):
             fold_logits_bias(model)
         translator.quantize = quantize

@@ -1,5 +1,9 @@
 """The decoder's KV cache: preallocated rows that sequences occupy while they decode.
 
+Each layer's buffers are tensors of their own, (rows, heads, positions, head_dim): a compiled decoder step
+writes a layer's new keys into its buffer in place, where a write into one slice of a tensor holding all
+layers made torch.compile copy the whole tensor at every write (2.5 ms against 0.12 ms a step, measured).
+
 Rows ``0 .. n-1`` are the active ones; the decoder step always runs on that prefix, so attention reads a
 view of the buffers and nothing is concatenated per step. Sequences join by being written into the rows
 after the active prefix, and leave (or beams reorder) through :meth:`KVCache.gather` (self-attention) and
@@ -39,11 +43,16 @@ class KVCache:
         self.max_target_length = max_target_length
         self.dtype = dtype
         self.device = torch.device(device)
-        self._shape = (num_layers, num_rows, num_heads, head_dim)
-        self.self_k = self.self_v = self.cross_k = self.cross_v = torch.empty(0)
+        self.num_layers = num_layers
+        self._shape = (num_rows, num_heads, head_dim)
+        # One buffer per layer (module docstring): (R, H, T, D).
+        self.self_k: list[torch.Tensor] = []
+        self.self_v: list[torch.Tensor] = []
+        self.cross_k: list[torch.Tensor] = []
+        self.cross_v: list[torch.Tensor] = []
         # Reorder targets for self_k/self_v, allocated at the first reorder (greedy-only use never needs them).
-        self._spare_k: torch.Tensor | None = None
-        self._spare_v: torch.Tensor | None = None
+        self._spare_k: list[torch.Tensor] | None = None
+        self._spare_v: list[torch.Tensor] | None = None
         self._allocate_self(min(initial_length, max_target_length))
         self._allocate_cross(initial_length)
         self.source_length = torch.zeros(num_rows, dtype=torch.long, device=self.device)  # (R,)
@@ -52,30 +61,29 @@ class KVCache:
 
     @property
     def target_capacity(self) -> int:
-        return self.self_k.shape[3]
+        return self.self_k[0].shape[2]
 
     @property
     def source_capacity(self) -> int:
-        return self.cross_k.shape[3]
+        return self.cross_k[0].shape[2]
 
-    def _buffer(self, length: int) -> torch.Tensor:
-        layers, rows, heads, dim = self._shape
-        return torch.zeros(layers, rows, heads, length, dim, dtype=self.dtype, device=self.device)  # (L, R, H, T, D)
+    def _buffers(self, length: int) -> list[torch.Tensor]:
+        rows, heads, dim = self._shape
+        return [torch.zeros(rows, heads, length, dim, dtype=self.dtype, device=self.device)  # (R, H, T, D)
+                for _ in range(self.num_layers)]
+
+    def _grown(self, old: list[torch.Tensor], length: int) -> list[torch.Tensor]:
+        new = self._buffers(length)
+        for fresh, kept in zip(new, old, strict=False):  # old is [] at the first allocation
+            fresh[:, :, : kept.shape[2]] = kept
+        return new
 
     def _allocate_self(self, length: int) -> None:
-        old_k, old_v = self.self_k, self.self_v
-        self.self_k, self.self_v = self._buffer(length), self._buffer(length)
+        self.self_k, self.self_v = self._grown(self.self_k, length), self._grown(self.self_v, length)
         self._spare_k = self._spare_v = None
-        if old_k.numel():
-            self.self_k[..., : old_k.shape[3], :] = old_k
-            self.self_v[..., : old_v.shape[3], :] = old_v
 
     def _allocate_cross(self, length: int) -> None:
-        old_k, old_v = self.cross_k, self.cross_v
-        self.cross_k, self.cross_v = self._buffer(length), self._buffer(length)
-        if old_k.numel():
-            self.cross_k[..., : old_k.shape[3], :] = old_k
-            self.cross_v[..., : old_v.shape[3], :] = old_v
+        self.cross_k, self.cross_v = self._grown(self.cross_k, length), self._grown(self.cross_v, length)
 
     def reserve(self, *, target_length: int = 0, source_length: int = 0) -> None:
         """Make room for `target_length` decoded positions and `source_length` source positions."""
@@ -97,14 +105,14 @@ class KVCache:
     def write_cross(self, layer: int, rows: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
         """Store cross-attention K/V (N, H, S, D) of the encoder output for `rows` (N,)."""
         length = key.shape[2]
-        self.cross_k[layer, rows, :, :length] = key
-        self.cross_v[layer, rows, :, :length] = value
+        self.cross_k[layer][rows, :, :length] = key
+        self.cross_v[layer][rows, :, :length] = value
 
     def write_self(self, layer: int, rows: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
         """Self-attention K/V (N, H, T, D) of positions 0 .. T-1 for `rows` (N,): a prefill's, all at once."""
         length = key.shape[2]
-        self.self_k[layer, rows, :, :length] = key
-        self.self_v[layer, rows, :, :length] = value
+        self.self_k[layer][rows, :, :length] = key
+        self.self_v[layer][rows, :, :length] = value
 
     def set_source_length(self, rows: torch.Tensor, lengths: torch.Tensor) -> None:
         self.source_length[rows] = lengths
@@ -133,7 +141,7 @@ class KVCache:
         self.self_k[layer][rows, :, positions] = key[:, :, 0]
         self.self_v[layer][rows, :, positions] = value[:, :, 0]
         block = slice(first_row, first_row + count)
-        return self.self_k[layer, block, :, :length], self.self_v[layer, block, :, :length]  # (N, H, T, D)
+        return self.self_k[layer][block, :, :length], self.self_v[layer][block, :, :length]  # (N, H, T, D)
 
     def cross(
         self, layer: int, count: int, length: int, group_size: int = 1, first_row: int = 0
@@ -144,7 +152,7 @@ class KVCache:
         per text: (N/k, H, S, D), a strided view, since a text's rows hold the same cross-attention K/V.
         """
         rows = slice(first_row, first_row + count, group_size)
-        return self.cross_k[layer, rows, :, :length], self.cross_v[layer, rows, :, :length]
+        return self.cross_k[layer][rows, :, :length], self.cross_v[layer][rows, :, :length]
 
     # -- moving rows ------------------------------------------------------------------------------
 
@@ -155,11 +163,10 @@ class KVCache:
         count = sources.shape[0]
         if self._spare_k is None or self._spare_v is None:
             # Zeros, not empty: rows past the active ones are read (masked) by attention and must be finite.
-            self._spare_k, self._spare_v = self._buffer(self.target_capacity), self._buffer(self.target_capacity)
-        for layer in range(self._shape[0]):
-            for live, spare in ((self.self_k, self._spare_k), (self.self_v, self._spare_v)):
-                torch.index_select(live[layer, :, :, :target_length], 0, sources,
-                                   out=spare[layer, :count, :, :target_length])
+            self._spare_k, self._spare_v = self._buffers(self.target_capacity), self._buffers(self.target_capacity)
+        for lives, spares in ((self.self_k, self._spare_k), (self.self_v, self._spare_v)):
+            for live, spare in zip(lives, spares, strict=True):
+                torch.index_select(live[:, :, :target_length], 0, sources, out=spare[:count, :, :target_length])
         self.self_k, self._spare_k = self._spare_k, self.self_k
         self.self_v, self._spare_v = self._spare_v, self.self_v
 
@@ -172,10 +179,9 @@ class KVCache:
         contiguous copies, 2x faster on the CPU; all rows are read before any is written (they may overlap).
         """
         self.source_length[destinations] = self.source_length[sources]
-        for buffer in (self.cross_k, self.cross_v):
-            for layer in range(self._shape[0]):
-                view = buffer[layer, :, :, :source_length]
-                view.index_copy_(0, destinations, torch.index_select(view, 0, sources))
+        for buffer in (*self.cross_k, *self.cross_v):
+            view = buffer[:, :, :source_length]
+            view.index_copy_(0, destinations, torch.index_select(view, 0, sources))
 
     def attention_biases(
         self,
@@ -191,7 +197,8 @@ class KVCache:
         count = positions.shape[0]
         steps = torch.arange(target_length, device=positions.device)
         sources = torch.arange(source_length, device=positions.device)
-        lengths = self.source_length[first_row : first_row + count : group_size]
+        # At least 1: rows past the active ones (a compiled step's padding) must not attend to nothing (NaN).
+        lengths = self.source_length[first_row : first_row + count : group_size].clamp(min=1)
         self_bias = torch.zeros(count, target_length, dtype=self.dtype, device=self.device)
         self_bias.masked_fill_(steps[None, :] > positions[:, None], float("-inf"))  # (N, T)
         cross_bias = torch.zeros(lengths.shape[0], source_length, dtype=self.dtype, device=self.device)
@@ -199,5 +206,6 @@ class KVCache:
         return self_bias[:, None, None, :], cross_bias[:, None, None, :]
 
     def nbytes(self) -> int:
-        buffers = [self.self_k, self.self_v, self.cross_k, self.cross_v, self._spare_k, self._spare_v]
-        return sum(t.numel() * t.element_size() for t in buffers if t is not None)
+        buffers = [*self.self_k, *self.self_v, *self.cross_k, *self.cross_v, *(self._spare_k or []),
+                   *(self._spare_v or [])]
+        return sum(t.numel() * t.element_size() for t in buffers)

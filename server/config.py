@@ -23,6 +23,7 @@ ENV_PREFIX = "MTSERVE_"
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 QUANTIZE_MODES = ("none", "int8")  # as model/quantize.py; repeated so that the config needs no torch import
+COMPILE_MODES = ("off", "on")  # as model/compiled_step.py, for the same reason
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -83,6 +84,9 @@ class ServerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     quantize: str = "none"  # none | int8 (CPU only: int8 linear layers, faster and slightly less accurate)
+    # The decoder step compiled with torch.compile, a graph per row bucket, all compiled before the server
+    # reports SERVING (model/compiled_step.py: seconds per graph, memory per graph).
+    compile: str = "off"  # off | on
     # torch intra-op threads (None: torch's default, one per core). On a CPU shared with other work,
     # fewer threads than cores avoid oversubscription, which slows small decoder steps many times over.
     threads: int | None = None
@@ -168,6 +172,11 @@ class ServerConfig:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.quantize not in QUANTIZE_MODES:
             raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {self.quantize!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        if self.compile == "on" and self.quantize != "none":
+            raise ValueError("--compile on and --quantize int8 cannot be combined: the compiled step runs float "
+                             "weights")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise ValueError(f"threads must be an integer >= 1, got {self.threads!r}")
@@ -324,6 +333,8 @@ _FLAGS = (
     _Flag("device", str, "auto (cuda when there is one), cpu, cuda or cuda:N"),
     _Flag("dtype", str, "auto, float32, float16 or bfloat16"),
     _Flag("quantize", str, "none, or int8: int8 linear layers on the CPU (faster, slightly less accurate)"),
+    _Flag("compile", str, "off, or on: the decoder step compiled with torch.compile, a graph per row count, "
+          "compiled before the server reports SERVING (minutes; see benchmarks/README.md)"),
     _Flag("threads", integer, "torch CPU threads (default: one per core)", "N"),
     _Flag("max_batch_rows", integer, "KV-cache rows per model: beams and samples of all running texts", "N"),
     _Flag("max_batch_tokens", integer, "new source tokens admitted per decoding step", "N"),

@@ -91,7 +91,8 @@ class ModelRegistry:
 
     def _load_one(self, spec: ModelSpec, *, is_default: bool) -> ServedModel:
         config = self.config
-        translator = Translator.load(spec.path, device=config.device, dtype=config.dtype, quantize=config.quantize)
+        translator = Translator.load(spec.path, device=config.device, dtype=config.dtype, quantize=config.quantize,
+                                     compile=config.compile)
         # Warm-up: the first step pays for allocator and kernel initialisation, not the first caller, and the
         # packed layers meet their row buckets now (cpu_linear.warm_up says why).
         tokenizer = translator.tokenizer
@@ -103,6 +104,12 @@ class ModelRegistry:
         warm_up(translator.model, config.max_batch_rows)
         scheduler = Scheduler(config.max_batch_rows, config.max_batch_tokens, config.max_queue)
         core = EngineCore(translator.model, scheduler, name=spec.name)
+        compiled = getattr(translator.model, "compiled_step", None)
+        if compiled is not None:  # every graph now, before SERVING: no caller waits for a compile
+            beams = int(translator.defaults.get("beam_size", 1))
+            seconds = compiled.warm_up(core.batch.cache, sorted({1, beams}), pad_token=translator.config.pad_token_id)
+            log.info("model %s: compiled %d decoder-step graphs in %.1fs", spec.name, len(compiled.compile_seconds),
+                     seconds)
         engine = EngineThread(spec.name, core, self.metrics, on_death=lambda _: self._engine_died(spec.name))
         engine.start()
         source, target = model_languages(Path(spec.path))

@@ -208,29 +208,51 @@ def test_a_leaving_text_is_replaced_by_the_last_one_so_the_others_keep_their_row
                                                                                        options)]
 
 
+def _stacked(buffers: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(buffers)  # (L, R, H, T, D): every layer's buffer, for comparisons
+
+
+def _fill_rows(buffers: list[torch.Tensor]) -> None:
+    """Row r of every layer's buffer holds r everywhere."""
+    for buffer in buffers:
+        buffer.copy_(torch.arange(float(buffer.shape[0]))[:, None, None, None].expand_as(buffer))
+
+
+def test_each_layer_has_buffers_of_its_own() -> None:
+    """Separate tensors per layer, so that a compiled step writes one in place (kv_cache's docstring)."""
+    cache = KVCache(3, 4, 2, 5, max_target_length=16, dtype=torch.float32, device="cpu", initial_length=4)
+    for buffers in (cache.self_k, cache.self_v, cache.cross_k, cache.cross_v):
+        assert len(buffers) == 3 and all(b.shape == (4, 2, 4, 5) for b in buffers)
+        assert len({b.data_ptr() for b in buffers}) == 3
+    assert cache.nbytes() == 4 * 3 * 4 * 2 * 4 * 5 * 4
+
+
 def test_gather_moves_whole_self_attention_rows() -> None:
     cache = KVCache(2, 4, 2, 3, max_target_length=16, dtype=torch.float32, device="cpu", initial_length=4)
-    for buffer in (cache.self_k, cache.self_v, cache.cross_k, cache.cross_v):
-        buffer.copy_(torch.arange(4.0)[None, :, None, None, None].expand_as(buffer))  # row r holds r everywhere
+    for buffers in (cache.self_k, cache.self_v, cache.cross_k, cache.cross_v):
+        _fill_rows(buffers)
     cache.gather(torch.tensor([2, 2, 0]), target_length=4)
-    for buffer in (cache.self_k, cache.self_v):
+    for buffers in (cache.self_k, cache.self_v):
+        buffer = _stacked(buffers)
         for row, value in enumerate([2.0, 2.0, 0.0]):
             assert torch.equal(buffer[:, row], torch.full_like(buffer[:, row], value)), row
         # Row 3 is free now. Double buffering left the spare's contents there: never anything non-finite,
         # since attention reads free and masked positions.
         assert torch.isfinite(buffer[:, 3]).all()
-    for buffer in (cache.cross_k, cache.cross_v):  # beams share cross-attention rows: a reorder moves none
+    for buffers in (cache.cross_k, cache.cross_v):  # beams share cross-attention rows: a reorder moves none
+        buffer = _stacked(buffers)
         assert torch.equal(buffer, torch.arange(4.0)[None, :, None, None, None].expand_as(buffer))
 
 
 def test_move_cross_copies_only_the_named_rows_even_when_they_overlap() -> None:
     cache = KVCache(2, 5, 2, 3, max_target_length=16, dtype=torch.float32, device="cpu", initial_length=4)
-    for buffer in (cache.cross_k, cache.cross_v):
-        buffer.copy_(torch.arange(5.0)[None, :, None, None, None].expand_as(buffer))
+    for buffers in (cache.cross_k, cache.cross_v):
+        _fill_rows(buffers)
     cache.set_source_length(torch.arange(5), torch.tensor([1, 2, 3, 4, 4]))
     # Rows 2-3 move down to 1-2 (2 is read before it is overwritten), row 4 into row 0.
     cache.move_cross(torch.tensor([2, 3, 4]), torch.tensor([1, 2, 0]), source_length=4)
-    for buffer in (cache.cross_k, cache.cross_v):
+    for buffers in (cache.cross_k, cache.cross_v):
+        buffer = _stacked(buffers)
         for row, value in enumerate([4.0, 2.0, 3.0, 3.0, 4.0]):
             assert torch.equal(buffer[:, row], torch.full_like(buffer[:, row], value)), row
     assert cache.source_length.tolist() == [4, 3, 4, 4, 4]
@@ -239,28 +261,29 @@ def test_move_cross_copies_only_the_named_rows_even_when_they_overlap() -> None:
 def test_repeated_reorders_compose_like_index_selects() -> None:
     """Double buffering swaps live and spare at each reorder: the n-th reorder must read the (n-1)-th's result."""
     cache = KVCache(2, 5, 2, 3, max_target_length=16, dtype=torch.float32, device="cpu", initial_length=8)
-    cache.self_k.normal_()
-    cache.self_v.normal_()
-    expected_k, expected_v = cache.self_k.clone(), cache.self_v.clone()
+    for buffer in (*cache.self_k, *cache.self_v):
+        buffer.normal_()
+    expected_k, expected_v = _stacked(cache.self_k), _stacked(cache.self_v)
     generator = torch.Generator().manual_seed(0)
     for _ in range(6):
         sources = torch.randint(0, 5, (5,), generator=generator)
         cache.gather(sources, target_length=8)
         expected_k, expected_v = expected_k[:, sources], expected_v[:, sources]
-        assert torch.equal(cache.self_k, expected_k) and torch.equal(cache.self_v, expected_v)
+        assert torch.equal(_stacked(cache.self_k), expected_k) and torch.equal(_stacked(cache.self_v), expected_v)
     cache.reserve(target_length=9)  # growth drops the spares; the next reorder makes new ones
     cache.gather(torch.tensor([4, 3, 2, 1, 0]), target_length=9)
-    assert torch.equal(cache.self_k[..., :8, :], expected_k[:, [4, 3, 2, 1, 0]])
+    assert torch.equal(_stacked(cache.self_k)[..., :8, :], expected_k[:, [4, 3, 2, 1, 0]])
 
 
 def test_growth_keeps_contents_and_respects_the_limit() -> None:
     cache = KVCache(1, 2, 1, 2, max_target_length=20, dtype=torch.float32, device="cpu", initial_length=4)
-    cache.self_k.normal_()
-    cache.cross_v.normal_()
-    self_before, cross_before = cache.self_k.clone(), cache.cross_v.clone()
+    cache.self_k[0].normal_()
+    cache.cross_v[0].normal_()
+    self_before, cross_before = cache.self_k[0].clone(), cache.cross_v[0].clone()
     cache.reserve(target_length=9, source_length=5)
     assert (cache.target_capacity, cache.source_capacity) == (16, 8)
-    assert torch.equal(cache.self_k[..., :4, :], self_before) and torch.equal(cache.cross_v[..., :4, :], cross_before)
+    assert torch.equal(cache.self_k[0][..., :4, :], self_before)
+    assert torch.equal(cache.cross_v[0][..., :4, :], cross_before)
     cache.reserve(target_length=20)
     assert cache.target_capacity == 20  # doubling is capped at the limit
     with pytest.raises(ValueError, match="target length 21 exceeds the cache limit 20"):
