@@ -41,12 +41,13 @@ class MtserveEngine:
 
     name = "mtserve"
 
-    def __init__(self, model_dir: Path, device: str, quantize: str = "none") -> None:
+    def __init__(self, model_dir: Path, device: str, quantize: str = "none", compile: str = "off") -> None:
         from mtserve.engine import Translator
 
         dtype = "float16" if device == "cuda" else "float32"
-        self.translator = Translator.load(model_dir, device=device, dtype=dtype, quantize=quantize)
+        self.translator = Translator.load(model_dir, device=device, dtype=dtype, quantize=quantize, compile=compile)
         self.name = "mtserve" if quantize == "none" else f"mtserve-{quantize}"
+        self.name += "-compiled" if compile == "on" else ""
         self.model_dir = model_dir
 
     def generate(
@@ -131,13 +132,14 @@ class CTranslate2Engine:
 
     name = "ctranslate2"
 
-    def __init__(self, ct2_dir: Path, device: str, threads: int) -> None:
+    def __init__(self, ct2_dir: Path, device: str, threads: int, compute_type: str | None = None) -> None:
         import ctranslate2
 
+        compute_type = compute_type or ("float16" if device == "cuda" else "float32")
         self.translator = ctranslate2.Translator(
-            str(ct2_dir), device=device, compute_type="float16" if device == "cuda" else "float32",
-            intra_threads=threads, inter_threads=1,
+            str(ct2_dir), device=device, compute_type=compute_type, intra_threads=threads, inter_threads=1,
         )
+        self.name = "ctranslate2" if compute_type in ("float32", "float16") else f"ctranslate2-{compute_type}"
         self.source_tokens = _ct2_vocabulary(ct2_dir, "source")
         self.target_tokens = _ct2_vocabulary(ct2_dir, "target")
         self.target_ids = {token: i for i, token in enumerate(self.target_tokens)}
@@ -166,7 +168,8 @@ def _ct2_vocabulary(ct2_dir: Path, side: str) -> list[str]:
     raise FileNotFoundError(f"{ct2_dir}: no CTranslate2 vocabulary file")
 
 
-ENGINES = ("mtserve", "transformers", "ctranslate2", "mtserve-int8")
+ENGINES = ("mtserve", "transformers", "ctranslate2", "mtserve-int8", "ctranslate2-int8", "ctranslate2-int8_float32",
+           "mtserve-compiled")
 DEFAULT_ENGINES = ENGINES[:3]  # int8 is opt-in: it trades accuracy for speed, the others do not
 
 
@@ -175,10 +178,12 @@ def load_engine(name: str, model_dir: Path, ct2_dir: Path | None, device: str, t
         return MtserveEngine(model_dir, device)
     if name == "mtserve-int8":
         return MtserveEngine(model_dir, device, quantize="int8")
+    if name == "mtserve-compiled":
+        return MtserveEngine(model_dir, device, compile="on")
     if name == "transformers":
         return TransformersEngine(model_dir, device)
-    if name == "ctranslate2":
+    if name.startswith("ctranslate2"):
         if ct2_dir is None:
             raise ValueError("ctranslate2 needs the converted model")
-        return CTranslate2Engine(ct2_dir, device, threads)
+        return CTranslate2Engine(ct2_dir, device, threads, name.partition("-")[2] or None)
     raise ValueError(f"unknown engine {name!r} (known: {', '.join(ENGINES)})")

@@ -67,7 +67,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     from .engines import load_engine
 
     device, threads = job["device"], job["threads"]
-    if job["engine"] != "ctranslate2" or device == "cuda":  # CTranslate2 alone on CPU needs no torch
+    if not job["engine"].startswith("ctranslate2") or device == "cuda":  # CTranslate2 alone on CPU needs no torch
         from .common import set_torch_threads
 
         set_torch_threads(threads)

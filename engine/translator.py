@@ -38,6 +38,7 @@ from mtserve.model.transformer import Transformer
 
 from .batch import NewText
 from .core import EngineCore
+from .memory import release_free_memory
 from .scheduler import Request, Scheduler, Text
 from .segment import hypothesis_text, join_hypotheses, segment
 from .terminology import constraints_for
@@ -151,6 +152,8 @@ class Translator:
         elif pack and pack_linears(model):
             fold_logits_bias(model)
         translator.quantize = quantize
+        # Loading converts and packs every weight; what the originals held is free but still resident.
+        release_free_memory()
         translator.load_seconds = time.perf_counter() - started
         return translator
 

@@ -23,13 +23,13 @@ optimisation, never a requirement.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
-import torch._dynamo
-import torch._inductor.config
 from torch import nn
 
 from .decoder_step import decode_step
@@ -38,12 +38,14 @@ from .kv_cache import KVCache
 log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("off", "on")
-# Every bucket and group size is a graph of the one step function; dynamo's default allows it 8.
-torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 512)
-
 #: Row counts a graph is compiled for; a step runs in the smallest bucket that holds its rows.
 ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def _dynamo() -> Any:
+    """torch._dynamo, imported when first needed: torch's compiler costs 1.2 s and 70 MB of resident memory
+    to import, which a process that does not compile should not pay."""
+    return importlib.import_module("torch._dynamo")
 
 
 def buckets_for(max_rows: int, group_size: int = 1) -> list[int]:
@@ -74,6 +76,10 @@ class CompiledStep:
     """The compiled step of one model: its graphs by (row bucket, group size), compiled on first use."""
 
     def __init__(self, model: torch.nn.Module) -> None:
+        # Every bucket and group size is a graph of the one step function; dynamo's default allows it 8.
+        config = _dynamo().config
+        config.recompile_limit = max(config.recompile_limit, 64)
+        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 512)
         self.model = model
         self.device = next(model.parameters()).device
         self._functions: dict[int, Callable[..., torch.Tensor]] = {}
@@ -115,19 +121,19 @@ class CompiledStep:
             target_length, source_length = cache.target_capacity, cache.source_capacity
         steps = torch.empty(target_length, dtype=torch.int8, device=self.device)  # only their sizes are read
         sources = torch.empty(source_length, dtype=torch.int8, device=self.device)
-        torch._dynamo.mark_static(tokens, 0)  # a graph per bucket, whatever the row counts seen before
-        torch._dynamo.mark_static(positions, 0)
+        _dynamo().mark_static(tokens, 0)  # a graph per bucket, whatever the row counts seen before
+        _dynamo().mark_static(positions, 0)
         if self.device.type != "cuda":
-            torch._dynamo.mark_dynamic(steps, 0)
-            torch._dynamo.mark_dynamic(sources, 0)
+            _dynamo().mark_dynamic(steps, 0)
+            _dynamo().mark_dynamic(sources, 0)
             for buffer in (*cache.self_k, *cache.self_v, *cache.cross_k, *cache.cross_v):
-                torch._dynamo.mark_dynamic(buffer, 2)  # capacities grow without a new graph
+                _dynamo().mark_dynamic(buffer, 2)  # capacities grow without a new graph
         key = (bucket, group_size)
         started = time.perf_counter()
         try:
             # Freezing is read from inductor's global config when a graph compiles (torch.compile's options
             # did not reach it), so it is set around the call, which is when compiling happens.
-            with torch._inductor.config.patch(freezing=self.device.type != "cuda"):
+            with importlib.import_module("torch._inductor.config").patch(freezing=self.device.type != "cuda"):
                 logprobs = self._function(group_size)(tokens, positions, cache, steps, sources)
         except Exception as exc:  # any failure: eager from now on, said once
             self.failed = exc

@@ -149,8 +149,9 @@ def pack_linears(model: nn.Module, kernel: str = "auto") -> int:
     """Replace every ``nn.Linear`` of `model` in place by a packed layer; returns how many were packed.
     `kernel`: "auto" (:func:`default_kernel`), or one of KERNELS.
 
-    Leaves the model as it is (and returns 0) where packing is unavailable or fails: it is an
-    optimisation, never a requirement.
+    Leaves the model as it is (and returns 0) where packing is unavailable, and the rest of the layers
+    unpacked where it fails: it is an optimisation, never a requirement (a packed layer computes what the
+    plain one does).
     """
     if kernel not in ("auto", *KERNELS):
         raise ValueError(f"kernel must be auto or one of {', '.join(KERNELS)}, got {kernel!r}")
@@ -158,16 +159,19 @@ def pack_linears(model: nn.Module, kernel: str = "auto") -> int:
     if not can_pack(model) or (kernel != "auto" and kernel not in available):
         return 0
     chosen = _CLASSES[default_kernel(available) if kernel == "auto" else kernel]
-    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+    targets = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
                if isinstance(child, nn.Linear)]
-    try:
-        packed = {id(child): chosen(child) for _, _, child in targets}
-    except RuntimeError as exc:  # an unusual build: keep torch's own path
-        log.warning("weight packing unavailable (%s); using torch's default linear layers", exc)
-        return 0
-    for parent, name, child in targets:
-        setattr(parent, name, packed[id(child)])
-    return len(targets)
+    packed = 0
+    # One layer at a time, each float weight freed as its packed copy takes its place: holding every layer
+    # twice at once raised the bundled model's load peak by the size of its weights.
+    for parent, name in targets:
+        try:
+            setattr(parent, name, chosen(getattr(parent, name)))
+        except RuntimeError as exc:  # an unusual build: the layers not packed yet keep torch's own path
+            log.warning("weight packing unavailable (%s); using torch's default linear layers", exc)
+            break
+        packed += 1
+    return packed
 
 
 def kernels_in_use(model: nn.Module) -> dict[str, int]:

@@ -28,11 +28,13 @@ def activation(name: str) -> nn.Module:
 
 def sinusoidal_positions(num_positions: int, dim: int) -> torch.Tensor:
     """Marian's static positions: sines in the first half of the features, cosines in the second (not interleaved)."""
-    positions = torch.arange(num_positions, dtype=torch.float64)[:, None]  # (P, 1)
+    # On the CPU even when the model is built on the meta device (checkpoint loading): a meta table would
+    # need torch's Python meta kernels, whose import costs 75 MB of resident memory.
+    positions = torch.arange(num_positions, dtype=torch.float64, device="cpu")[:, None]  # (P, 1)
     # Feature pair j uses frequency 10000^(-2j/dim); the sin half takes even feature indices, cos the odd ones.
-    even = torch.arange(0, dim, 2, dtype=torch.float64)
-    odd = torch.arange(1, dim, 2, dtype=torch.float64)
-    table = torch.empty(num_positions, dim, dtype=torch.float64)
+    even = torch.arange(0, dim, 2, dtype=torch.float64, device="cpu")
+    odd = torch.arange(1, dim, 2, dtype=torch.float64, device="cpu")
+    table = torch.empty(num_positions, dim, dtype=torch.float64, device="cpu")
     half = (dim + 1) // 2
     table[:, :half] = torch.sin(positions / torch.pow(10000.0, 2 * (even // 2) / dim))
     table[:, half:] = torch.cos(positions / torch.pow(10000.0, 2 * (odd // 2) / dim))
@@ -43,11 +45,12 @@ def fairseq_positions(num_positions: int, dim: int, padding_idx: int) -> torch.T
     """fairseq's static positions (M2M100, NLLB): frequencies exp(-k ln(10000) / (dim/2 - 1)), sines then
     cosines, a zero row at `padding_idx`; position p is row p + padding_idx + 1."""
     half = dim // 2
-    frequencies = torch.exp(torch.arange(half, dtype=torch.float64) * -(math.log(10000.0) / (half - 1)))
-    angles = torch.arange(num_positions, dtype=torch.float64)[:, None] * frequencies[None, :]  # (P, half)
+    # On the CPU even under a meta device, as sinusoidal_positions.
+    frequencies = torch.exp(torch.arange(half, dtype=torch.float64, device="cpu") * -(math.log(10000.0) / (half - 1)))
+    angles = torch.arange(num_positions, dtype=torch.float64, device="cpu")[:, None] * frequencies[None, :]  # (P, half)
     table = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
     if dim % 2:
-        table = torch.cat([table, torch.zeros(num_positions, 1, dtype=torch.float64)], dim=1)
+        table = torch.cat([table, torch.zeros(num_positions, 1, dtype=torch.float64, device="cpu")], dim=1)
     table[padding_idx] = 0
     return table.float()  # (P, dim)
 

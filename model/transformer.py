@@ -14,8 +14,17 @@ from torch import nn
 
 from . import decoder_step
 from .config import ModelConfig
-from .kv_cache import KVCache
+from .kv_cache import INITIAL_LENGTH, KVCache
 from .layers import DecoderLayer, EncoderLayer, embedding_scale, fairseq_positions, sinusoidal_positions
+
+
+def embedding(rows: int, dim: int, padding_idx: int | None = None) -> nn.Embedding:
+    """``nn.Embedding``; built on the meta device (checkpoint loading), without its random initialisation,
+    whose meta kernel is Python that imports sympy: 75 MB of resident memory for nothing, since the
+    checkpoint's weights replace it."""
+    if torch.empty(0).device.type == "meta":
+        return nn.Embedding(rows, dim, padding_idx=padding_idx, _weight=torch.empty(rows, dim))
+    return nn.Embedding(rows, dim, padding_idx=padding_idx)
 
 
 class _Stack(nn.Module):
@@ -26,7 +35,7 @@ class _Stack(nn.Module):
         family, d_model = config.family, config.d_model
         self.embed_tokens = embed_tokens
         if family.positions == "learned":  # MBart: its own table per stack, in the checkpoint
-            self.embed_positions = nn.Embedding(config.max_position_embeddings + family.position_offset, d_model)
+            self.embed_positions = embedding(config.max_position_embeddings + family.position_offset, d_model)
         if family.layernorm_embedding:
             self.layernorm_embedding = nn.LayerNorm(d_model)
         if family.final_layer_norm:
@@ -66,11 +75,11 @@ class Transformer(nn.Module):
         self.config = config
         d_model, pad = config.d_model, config.pad_token_id
         if config.share_encoder_decoder_embeddings:
-            self.shared = nn.Embedding(config.vocab_size, d_model, padding_idx=pad)
+            self.shared = embedding(config.vocab_size, d_model, pad)
             encoder_embed = decoder_embed = self.shared
         else:
-            encoder_embed = nn.Embedding(config.vocab_size, d_model, padding_idx=pad)
-            decoder_embed = nn.Embedding(config.target_vocab_size, d_model, padding_idx=pad)
+            encoder_embed = embedding(config.vocab_size, d_model, pad)
+            decoder_embed = embedding(config.target_vocab_size, d_model, pad)
         self.encoder = Encoder(config, encoder_embed)
         self.decoder = Decoder(config, decoder_embed)
         self.lm_head = nn.Linear(d_model, config.target_vocab_size, bias=False)
@@ -219,7 +228,9 @@ class Transformer(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.decoder.embed_tokens.weight.dtype
 
-    def new_cache(self, num_rows: int, *, max_target_length: int | None = None, initial_length: int = 64) -> KVCache:
+    def new_cache(
+        self, num_rows: int, *, max_target_length: int | None = None, initial_length: int = INITIAL_LENGTH
+    ) -> KVCache:
         config = self.config
         return KVCache(
             config.decoder_layers,

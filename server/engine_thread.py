@@ -21,9 +21,9 @@ from collections.abc import Callable, Hashable
 from mtserve.engine.core import EngineCore, StepOutput
 from mtserve.engine.errors import EngineDeadError
 from mtserve.engine.events import FinishReason, TextEvent
+from mtserve.engine.memory import TRIM_INTERVAL_SECONDS, release_free_memory
 from mtserve.engine.scheduler import Abort, Request, Scheduler
 
-from .memory import TRIM_INTERVAL_SECONDS, release_free_memory
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)

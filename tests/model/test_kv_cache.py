@@ -18,14 +18,14 @@ from _engine_helpers import engine_core, run_jobs, submit_text
 
 from mtserve.engine.core import EngineCore
 from mtserve.model.checkpoint import load_model
-from mtserve.model.kv_cache import KVCache
+from mtserve.model.kv_cache import INITIAL_LENGTH, KVCache
 from mtserve.model.options import SearchOptions
 from mtserve.model.search import Hypothesis
 from mtserve.model.transformer import Transformer
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-INITIAL = 64  # KVCache's initial length on both axes
+INITIAL = INITIAL_LENGTH  # KVCache's initial length on both axes
 
 
 @pytest.fixture(scope="module")
