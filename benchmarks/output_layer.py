@@ -9,7 +9,9 @@ weights (the cost of a step does not depend on the values) is built the way the 
 ``--steps`` runs after a warm-up: ``decode_step`` (the whole model step) and the output projection
 alone on the same hidden states; their ratio is the share. ``--subset`` fractions also time the
 projection over that fraction of the vocabulary's rows (gathered once beforehand), which is what
-restricting the output layer to a target language's pieces would cost. Results go to
+restricting the output layer to a target language's pieces would cost, and ``--shortlist`` sizes the whole
+step with a vocabulary shortlist of that many pieces (model/shortlist.py: the projection over those rows,
+scattered into the full logits). ``--models opus-mt`` is an OPUS-MT model's shape (58,101 pieces). Results go to
 benchmarks/results/<device>-output-layer.{md,json}.
 """
 
@@ -34,6 +36,8 @@ SHAPES: dict[str, dict[str, Any]] = {
                     "vocab": 128112},
     "nllb-1.3B": {"model_type": "m2m_100", "layers": 24, "d_model": 1024, "heads": 16, "ffn": 8192, "vocab": 256206},
     "mbart50": {"model_type": "mbart", "layers": 12, "d_model": 1024, "heads": 16, "ffn": 4096, "vocab": 250054},
+    # Helsinki-NLP/opus-mt-de-en: transformer-base, a 58,101-piece shared vocabulary.
+    "opus-mt": {"model_type": "marian", "layers": 6, "d_model": 512, "heads": 8, "ffn": 2048, "vocab": 58101},
 }
 
 
@@ -54,6 +58,8 @@ def build(shape: dict[str, Any], device: str, dtype: str) -> Any:
     torch.manual_seed(0)
     with torch.device(device):
         model = Transformer(config).eval().to(resolve_dtype(dtype, torch.device(device)))
+    model.fuse_projections()
+    model.keep_output_weight()  # a shortlist reads its rows (as Translator.load(shortlist=True) keeps them)
     if model.device.type == "cpu" and model.dtype == torch.float32 and pack_linears(model):
         fold_logits_bias(model)
     return model
@@ -66,7 +72,7 @@ def _median(fn: Callable[[], Any], device: str, steps: int) -> float:
 
 
 def measure(model: Any, rows: int, subsets: Sequence[float], steps: int, position: int = 16,
-            source_length: int = 24) -> dict[str, float]:
+            source_length: int = 24, shortlists: Sequence[int] = ()) -> dict[str, float]:
     import torch
 
     device = model.device
@@ -87,6 +93,14 @@ def measure(model: Any, rows: int, subsets: Sequence[float], steps: int, positio
             # The projection onto that many rows, built (and packed) as the full one is.
             head = _like(model.lm_head, int(config.target_vocab_size * fraction), config.d_model, model)
             result[f"subset_{fraction:g}_s"] = _median(lambda h=head: h(hidden).float(), device.type, steps)
+        for size in shortlists:
+            # The whole step with a vocabulary shortlist of that many pieces (model/shortlist.py): the output
+            # layer over those rows, then scattered into the full vocabulary's logits.
+            vocabulary = torch.randperm(config.target_vocab_size, generator=torch.Generator().manual_seed(size))
+            vocabulary = vocabulary[:size].sort().values.to(device)
+            result[f"shortlist_{size}_s"] = _median(
+                lambda v=vocabulary: model.decode_step(tokens, positions, cache, position + 1, source_length,
+                                                       vocabulary=v), device.type, steps)
         return result
 
 
@@ -106,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="batch rows: 1 text, 32 greedy texts, 32 texts at beam 4 (%(default)s)")
     p.add_argument("--subset", type=float, nargs="*", default=[0.5, 0.25],
                    help="vocabulary fractions to time the output layer over (%(default)s)")
+    p.add_argument("--shortlist", type=int, nargs="*", default=[2000, 4000],
+                   help="shortlist sizes to time the whole step with (%(default)s pieces)")
     p.add_argument("--steps", type=int, default=20, help="timed runs; the median counts (%(default)s)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--dtype", default="auto", help="auto (float32 on CPU, float16 on CUDA), or a dtype")
@@ -121,18 +137,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.models:
         model = build(SHAPES[name], device.kind, args.dtype)
         for rows in args.rows:
-            m = measure(model, rows, args.subset, args.steps)
+            m = measure(model, rows, args.subset, args.steps, shortlists=args.shortlist)
             m["model"] = name
             measurements.append(m)
             subsets = [f"{m[f'subset_{f:g}_s'] * 1e3:.1f} ({m['output_s'] / m[f'subset_{f:g}_s']:.1f}×)"
                        for f in args.subset if f"subset_{f:g}_s" in m]
+            subsets += [f"{m[f'shortlist_{k}_s'] * 1e3:.1f} ({m['step_s'] / m[f'shortlist_{k}_s']:.2f}×)"
+                        for k in args.shortlist]
             rows_out.append([name, str(rows), f"{m['step_s'] * 1e3:.1f}", f"{m['output_s'] * 1e3:.1f}",
                              f"{100 * m['share']:.0f}%", *subsets])
             log.info("%s rows %d: step %.1f ms, output layer %.1f ms (%.0f%%)", name, rows, m["step_s"] * 1e3,
                      m["output_s"] * 1e3, 100 * m["share"])
         del model
     headers = ["model", "rows", "decoder step ms", "output layer ms", "share",
-               *(f"output layer over {100 * f:g}% of the vocabulary, ms" for f in args.subset)]
+               *(f"output layer over {100 * f:g}% of the vocabulary, ms" for f in args.subset),
+               *(f"step with a shortlist of {k} pieces, ms" for k in args.shortlist)]
     report = "\n".join([
         f"# The output layer's share of a decoder step ({device.tag})", "",
         f"Device: {device.line()}", "",

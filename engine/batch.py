@@ -17,9 +17,10 @@ Because every text runs the same code whatever else is in the batch, batching ne
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import defaultdict, deque
 from collections.abc import Collection, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,6 +28,7 @@ from mtserve.model.constrained import ConstrainedBeamSearch
 from mtserve.model.options import SearchOptions
 from mtserve.model.processors import ForcedTokens, LogitsProcessor, MinLength, NeverGenerate, apply_processors
 from mtserve.model.search import Plan, Search, new_search
+from mtserve.model.shortlist import Shortlist
 from mtserve.model.transformer import Transformer
 
 
@@ -61,6 +63,9 @@ class Slot:
     work: NewText
     search: Search
     source_length: int
+    #: The target ids this text may produce (with a vocabulary shortlist, model/shortlist.py), else None.
+    vocabulary: frozenset[int] | None = None
+    serial: int = field(default_factory=itertools.count().__next__)  # never reused, unlike id()
     start: int = 0  # first cache row
     position: int = 0  # tokens generated so far (a prefilled prompt included); the next input's position
     prompt_emitted: bool = False  # a streaming text's prompt goes out with its first tokens
@@ -98,6 +103,10 @@ class Batch:
         self.cache = model.new_cache(num_rows)
         self.slots: list[Slot] = []  # in cache-row order
         self._tokens: list[int] = []  # each row's next input token, in row order
+        #: The model's vocabulary shortlist, if it was loaded with one; each step computes the output layer
+        #: for the union of its texts' shortlists, made anew when the texts change (_vocabulary).
+        self.shortlist: Shortlist | None = getattr(model, "shortlist", None)
+        self._union: tuple[tuple[int, ...], torch.Tensor] | None = None
         #: Encoder outputs (S, d) of texts encoded ahead of joining, by key (see add).
         self._encoded: dict[Hashable, torch.Tensor] = {}
 
@@ -174,8 +183,13 @@ class Batch:
         self._prefill(texts, row_counts, first, memory, mask)
         for (key, work), search in zip(texts, searches, strict=True):
             prompt = work.prompt
+            vocabulary = None
+            if self.shortlist is not None:
+                forced = {self.eos_id, *work.forced_prefix, *work.target_prefix}
+                forced.update(token for constraint in work.constraints for token in constraint)
+                vocabulary = self.shortlist.allowed(work.source_ids, forced)
             self.slots.append(Slot(key, work, search, len(work.source_ids), start=len(self._tokens),
-                                   position=len(prompt)))
+                                   position=len(prompt), vocabulary=vocabulary))
             self._tokens += [prompt[-1] if prompt else self.start_id] * search.rows
 
     def _encode(self, texts: Sequence[tuple[Hashable, NewText]]) -> dict[Hashable, torch.Tensor]:
@@ -233,15 +247,27 @@ class Batch:
         self.cache.reserve(target_length=min(target_length + 1, self.max_target_length))
         tokens, token_positions = self._upload(self._tokens[row0:row1]), self._upload(positions)
         source_length, group_size = max(slot.source_length for slot in slots), _group_size(slots)
+        vocabulary = self._vocabulary(slots)
         compiled = getattr(self.model, "compiled_step", None)
-        if compiled is not None and row0 == 0 and row1 == len(self._tokens):
+        if compiled is not None and vocabulary is None and row0 == 0 and row1 == len(self._tokens):
             logprobs = compiled(tokens, token_positions, self.cache, target_length, source_length, group_size,
                                 self.start_id)
             if logprobs is not None:
                 return logprobs
         logits = self.model.decode_step(tokens, token_positions, self.cache, target_length, source_length,
-                                        group_size, first_row=row0)
+                                        group_size, first_row=row0, vocabulary=vocabulary)
         return torch.log_softmax(logits, dim=-1)  # (N, V)
+
+    def _vocabulary(self, slots: Sequence[Slot]) -> torch.Tensor | None:
+        """The union of these texts' shortlists as sorted ids on the device (None without a shortlist); the
+        same tensor while the texts are the same, so the model gathers its output rows only on a change."""
+        if self.shortlist is None:
+            return None
+        key = tuple(slot.serial for slot in slots)
+        if self._union is None or self._union[0] != key:
+            union = sorted(set().union(*(slot.vocabulary or () for slot in slots)))
+            self._union = (key, torch.tensor(union, dtype=torch.long, device=self.device))
+        return self._union[1]
 
     @torch.inference_mode()
     def constrain(self, logprobs: torch.Tensor) -> None:

@@ -33,6 +33,7 @@ from mtserve.model.cpu_linear import fold_logits_bias, pack_linears
 from mtserve.model.options import SearchOptions, generation_defaults, merge_defaults
 from mtserve.model.quantize import QUANTIZE_MODES, quantize_int8
 from mtserve.model.search import Hypothesis
+from mtserve.model.shortlist import VMAP_FILE, load_shortlist
 from mtserve.model.tokenizers import Tokenizer, choose_languages, load_tokenizer
 from mtserve.model.transformer import Transformer
 
@@ -121,13 +122,16 @@ class Translator:
         pack: bool = True,
         quantize: str = "none",
         compile: str = "off",
+        shortlist: bool = False,
         **kwargs: Any,
     ) -> Translator:
         """Load a model directory (Marian, M2M100/NLLB or MBart). `pack`: on a float32 CPU model, pre-pack
         the linear layers (see cpu_linear.py; same results up to float rounding, about twice as fast).
         `quantize="int8"`: int8 linear layers instead (see quantize.py; faster still, less accurate).
         `compile="on"`: the decoder step compiled with torch.compile (model/compiled_step.py); the linear
-        layers then stay torch's, for the compiler to pack."""
+        layers then stay torch's, for the compiler to pack. `shortlist`: the output layer is computed for
+        the target pieces the model's vmap.txt allows each text (model/shortlist.py); a model without one
+        decodes the whole vocabulary (and a warning says so)."""
         if quantize not in QUANTIZE_MODES:
             raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
         if compile not in COMPILE_MODES:
@@ -145,6 +149,12 @@ class Translator:
         defaults = generation_defaults(path, model.config.max_position_embeddings)
         translator = cls(model, tokenizer, path=path, defaults=defaults, **kwargs)
         model.fuse_projections()
+        if shortlist:
+            model.shortlist = load_shortlist(path, tokenizer)
+            if model.shortlist is None:
+                log.warning("%s has no %s: decoding over the whole vocabulary", path, VMAP_FILE)
+            else:
+                model.keep_output_weight()  # its rows are read for each shortlist; packing drops lm_head's
         if quantize == "int8":
             quantize_int8(model)
         elif compile == "on":

@@ -29,6 +29,7 @@ def decode_step(
     source_length: int,
     group_size: int = 1,
     first_row: int = 0,
+    vocabulary: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Next-token logits (N, V) float32 for cache rows ``first_row .. first_row + N - 1``; see
     Transformer.decode_step for the arguments."""
@@ -57,7 +58,7 @@ def decode_step(
         norm = layer.final_layer_norm
         h = _norm(x, norm) if pre_norm else x
         x = _add_norm(x, layer.fc2(layer.act(layer.fc1(h))), norm, pre_norm)
-    return model._logits(decoder.finish(x))
+    return model._logits(decoder.finish(x), vocabulary)
 
 
 def _attend(attention: MultiHeadAttention, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

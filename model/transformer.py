@@ -92,6 +92,8 @@ class Transformer(nn.Module):
         self.embed_scale = embedding_scale(d_model, config.scale_embedding)
         #: Inference packing can move final_logits_bias into lm_head's own bias (cpu_linear.fold_logits_bias).
         self.logits_bias_in_head = False
+        self._output_weight: torch.Tensor | None = None  # see keep_output_weight
+        self._shortlist_rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # -- pieces shared by both paths --------------------------------------------------------------
 
@@ -104,11 +106,39 @@ class Transformer(nn.Module):
             x = stack.layernorm_embedding(x)
         return F.dropout(x, self.config.dropout, self.training)
 
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _logits(self, hidden: torch.Tensor, vocabulary: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (N, V) float32 of hidden states (N, d). With `vocabulary` (sorted target ids: a shortlist,
+        model/shortlist.py), only those are computed; every other id gets -inf."""
+        if vocabulary is not None:
+            return self._shortlist_logits(hidden, vocabulary)
         logits = self.lm_head(hidden)
         if not self.logits_bias_in_head:
             logits = logits + self.final_logits_bias
         return logits.float()
+
+    def _shortlist_logits(self, hidden: torch.Tensor, vocabulary: torch.Tensor) -> torch.Tensor:
+        # The shortlist's rows of the output layer are gathered when the shortlist changes (a batch changes
+        # it when texts join or leave), not at every step.
+        if self._shortlist_rows is None or self._shortlist_rows[0] is not vocabulary:
+            weight = self.output_weight().index_select(0, vocabulary).T.contiguous()  # (d, |v|)
+            self._shortlist_rows = (vocabulary, weight, self.final_logits_bias[0].index_select(0, vocabulary))
+        _, weight, bias = self._shortlist_rows
+        part = torch.addmm(bias, hidden, weight)  # (N, |v|)
+        logits = torch.full((hidden.shape[0], self.config.target_vocab_size), float("-inf"), dtype=torch.float32,
+                            device=hidden.device)
+        return logits.index_copy_(1, vocabulary, part.float())
+
+    def output_weight(self) -> torch.Tensor:
+        """The output layer's weight (V, d) as floats: lm_head's own, or the copy kept when lm_head was
+        packed for inference (keep_output_weight)."""
+        if self._output_weight is not None:
+            return self._output_weight
+        return self.lm_head.weight
+
+    def keep_output_weight(self) -> None:
+        """Keep the output layer's float weight aside (before packing replaces lm_head): a shortlist reads
+        its rows."""
+        self._output_weight = self.lm_head.weight.detach()
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids (B, S), attention_mask (B, S) True at real tokens → encoder output (B, S, d)."""
@@ -199,6 +229,7 @@ class Transformer(nn.Module):
         source_length: int,
         group_size: int = 1,
         first_row: int = 0,
+        vocabulary: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One token for each of N cache rows from `first_row` → next-token logits (N, V) float32.
 
@@ -207,9 +238,10 @@ class Transformer(nn.Module):
         says the rows are texts of k rows each (beams): cross-attention then reads each text's keys and
         values once for its k queries instead of once per row. A block of rows other than the first
         (`first_row` > 0) lets a step run in parts (engine/core.py retries a failed step that way).
+        `vocabulary`: the sorted target ids to compute logits for (a shortlist), the others get -inf.
         """
         return decoder_step.decode_step(self, tokens, positions, cache, target_length, source_length, group_size,
-                                        first_row)
+                                        first_row, vocabulary)
 
     def fuse_projections(self) -> None:
         """Inference: every self-attention projects q, k and v with one layer, every cross-attention k and v

@@ -87,6 +87,9 @@ class ServerConfig:
     # The decoder step compiled with torch.compile, a graph per row bucket, all compiled before the server
     # reports SERVING (model/compiled_step.py: seconds per graph, memory per graph).
     compile: str = "off"  # off | on
+    # The output layer computed for the target pieces each text's source allows, by the model's vmap.txt
+    # (model/shortlist.py); models without one decode over their whole vocabulary.
+    shortlist: bool = False
     # torch intra-op threads (None: torch's default, one per core). On a CPU shared with other work,
     # fewer threads than cores avoid oversubscription, which slows small decoder steps many times over.
     threads: int | None = None
@@ -335,6 +338,9 @@ _FLAGS = (
     _Flag("quantize", str, "none, or int8: int8 linear layers on the CPU (faster, slightly less accurate)"),
     _Flag("compile", str, "off, or on: the decoder step compiled with torch.compile, a graph per row count, "
           "compiled before the server reports SERVING (minutes; see benchmarks/README.md)"),
+    _Flag("shortlist", boolean, "compute the output layer only for the target pieces a text's source allows, "
+          "by the model's vmap.txt (CTranslate2's vocabulary map; python -m mtserve.training.shortlist makes one)",
+          switch=True),
     _Flag("threads", integer, "torch CPU threads (default: one per core)", "N"),
     _Flag("max_batch_rows", integer, "KV-cache rows per model: beams and samples of all running texts", "N"),
     _Flag("max_batch_tokens", integer, "new source tokens admitted per decoding step", "N"),
@@ -377,6 +383,7 @@ _SHOWN_DEFAULTS = {
     "auth_token_file": "none (no tokens)",
     "no_reflection": "reflection on",
     "admin": "off",
+    "shortlist": "off",
     "admin_tokens": "none",
     "max_texts_per_caller": "--max-batch-rows + half of --max-queue",
 }

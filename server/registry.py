@@ -92,7 +92,7 @@ class ModelRegistry:
     def _load_one(self, spec: ModelSpec, *, is_default: bool) -> ServedModel:
         config = self.config
         translator = Translator.load(spec.path, device=config.device, dtype=config.dtype, quantize=config.quantize,
-                                     compile=config.compile)
+                                     compile=config.compile, shortlist=config.shortlist)
         # Warm-up: the first step pays for allocator and kernel initialisation, not the first caller, and the
         # packed layers meet their row buckets now (cpu_linear.warm_up says why).
         tokenizer = translator.tokenizer

@@ -49,11 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--quantize", default="none", choices=QUANTIZE_MODES,
                         help="int8: score the model with int8 linear layers (CPU), as mtserve serve --quantize int8")
+    parser.add_argument("--shortlist", action="store_true",
+                        help="decode with the model's vocabulary shortlist (vmap.txt), as serve --shortlist on")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    translator = Translator.load(args.model, device=args.device, quantize=args.quantize)
+    translator = Translator.load(args.model, device=args.device, quantize=args.quantize, shortlist=args.shortlist)
     rows = []
     for split in args.splits.split(","):
         sources, references = read_split(args.data, split)

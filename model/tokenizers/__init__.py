@@ -61,6 +61,11 @@ class Tokenizer(Protocol):
         piece's own text, not "<unk>"), or the special token's name."""
         ...
 
+    def vocabulary(self, side: str) -> dict[str, int]:
+        """Token → id on one side ("source" or "target"), special tokens included (a vocabulary map's
+        tokens are read with it: model/shortlist.py)."""
+        ...
+
     def target_tokens(self, ids: Iterable[int]) -> list[str]:
         """The target-side token of each id, special ones included."""
         ...

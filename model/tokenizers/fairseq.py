@@ -156,6 +156,11 @@ class FairseqTokenizer:
 
     # -- decoding ----------------------------------------------------------------------------------
 
+    def vocabulary(self, side: str) -> dict[str, int]:
+        """Token → id (one vocabulary for both sides): the pieces, the special tokens and language codes."""
+        del side
+        return {**{piece: index for index, piece in self._piece_of.items()}, **self._added_ids}
+
     def target_tokens(self, ids: Iterable[int]) -> list[str]:
         """The token of each id (one vocabulary for both sides), special ones and language codes included."""
         names = {**{i: c for c, i in self.codes.items()}, **{i: t for t, i in _FAIRSEQ_SPECIALS.items()}}

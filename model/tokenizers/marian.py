@@ -326,6 +326,10 @@ class MarianTokenizer:
 
     # ------------------------------------------------------------------ decoding
 
+    def vocabulary(self, side: str) -> dict[str, int]:
+        """Token → id of the source or the target vocabulary, added tokens included."""
+        return dict({"source": self._source, "target": self._target}[side].lookup)
+
     def target_tokens(self, ids: Iterable[int]) -> list[str]:
         """Target-side tokens of ``ids``, special ones included (HF's ``convert_ids_to_tokens``)."""
         return self._ids_to_tokens(ids, frozenset())
