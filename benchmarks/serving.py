@@ -222,6 +222,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the batched server's --max-batch-rows (default: the server's own default)")
     p.add_argument("--threads", type=int, default=None, help="the server's torch threads (default: all cores)")
     p.add_argument("--device", default="auto", help="the server's --device (%(default)s)")
+    p.add_argument("--compile", action="store_true",
+                   help="the batched server runs with --compile on (its graphs compile before it serves)")
     p.add_argument("--warmup", type=int, default=16, help="requests sent before measuring (%(default)s)")
     p.add_argument("--request-timeout", type=float, default=900.0, help="deadline of each request, s (%(default)s)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (%(default)s)")
@@ -236,9 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, model_note = resolve_model(args.model, threads)
     concurrencies = [32] if args.quick else args.concurrency
     common = ["--device", args.device]
-    batched_args = [*common, *(["--max-batch-rows", str(args.max_batch_rows)] if args.max_batch_rows else [])]
-    configs = [Config("batched" + (f" (max-batch-rows {args.max_batch_rows})" if args.max_batch_rows else ""),
-                      batched_args),
+    batched_args = [*common, *(["--max-batch-rows", str(args.max_batch_rows)] if args.max_batch_rows else []),
+                    *(["--compile", "on"] if args.compile else [])]
+    configs = [Config("batched" + (f" (max-batch-rows {args.max_batch_rows})" if args.max_batch_rows else "")
+                      + (", compiled" if args.compile else ""), batched_args),
                Config(f"max-batch-rows {args.beam_size}", [*common, "--max-batch-rows", str(args.beam_size)])]
     if args.ct2_peer:
         configs.append(Config(

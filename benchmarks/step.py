@@ -83,8 +83,10 @@ def timed(fn: Callable[[], Any], device: str) -> float:
     return time.perf_counter() - started
 
 
-def measure(model_dir: Path, device: str, source_length: int, position: int, steps: int) -> dict[str, float]:
-    """Median seconds of decode_step and of EngineCore.step for one text at `position`."""
+def measure(model_dir: Path, device: str, source_length: int, position: int, steps: int,
+            compiled: bool = False) -> dict[str, float]:
+    """Median seconds of decode_step and of EngineCore.step for one text at `position` (and with `compiled`,
+    of the compiled step: model/compiled_step.py, CUDA graphs on CUDA)."""
     import torch
 
     from mtserve.engine import Translator
@@ -115,7 +117,20 @@ def measure(model_dir: Path, device: str, source_length: int, position: int, ste
         model_times = [timed(one_step, device) for _ in range(steps)]
     # The whole step moves on one position each time; a few positions apart cost the same.
     full_times = [timed(core.step, device) for _ in range(steps)]
+    compiled_seconds = None
+    if compiled:
+        compiled_model = Translator.load(model_dir, device=device, dtype=translator.dtype, compile="on").model
+        step = compiled_model.compiled_step
+        cache = core.batch.cache  # the same cache: the same text's keys and values
+        with torch.inference_mode():
+            def one_compiled() -> None:
+                step(tokens, positions, cache, position + 1, source_length, 1, config.pad_token_id)
+
+            for _ in range(5):
+                one_compiled()
+            compiled_seconds = statistics.median(timed(one_compiled, device) for _ in range(steps))
     return {
+        "compiled_step": compiled_seconds,
         "decode_step": statistics.median(model_times),
         "engine_step": statistics.median(full_times),
         "bytes": float(step_bytes(config, model.dtype.itemsize, source_length, position)),
@@ -131,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--source-length", type=int, default=20, help="source tokens of the text (%(default)s)")
     p.add_argument("--position", type=int, default=16, help="target position measured (%(default)s)")
     p.add_argument("--steps", type=int, default=200, help="timed steps; the median counts (%(default)s)")
+    p.add_argument("--compiled", action="store_true", help="also the compiled step (torch.compile; CUDA graphs)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (%(default)s)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -151,21 +167,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         specs.append(spec)
     rows, results = [], []
     for spec in specs:
-        m = measure(spec.path, device.kind, args.source_length, args.position, args.steps)
+        m = measure(spec.path, device.kind, args.source_length, args.position, args.steps, args.compiled)
         floor = m["bytes"] / rate
         results.append({"model": spec.name, **m, "floor": floor})
+        compiled = ([f"{m['compiled_step'] * 1e3:.3f}", f"{m['compiled_step'] / floor:.1f}×"]
+                    if m["compiled_step"] is not None else ["–", "–"])
         rows.append([spec.name, f"{m['parameters'] / 1e6:.1f}M", f"{m['bytes'] / 2**20:.1f}",
                      f"{floor * 1e3:.3f}", f"{m['decode_step'] * 1e3:.3f}", f"{m['decode_step'] / floor:.1f}×",
-                     f"{m['engine_step'] * 1e3:.3f}", f"{m['engine_step'] / floor:.1f}×"])
+                     f"{m['engine_step'] * 1e3:.3f}", f"{m['engine_step'] / floor:.1f}×", *compiled])
     table = markdown_table(["model", "parameters", "MiB read per step", "floor ms", "decode_step ms",
-                            "× floor", "whole step ms", "× floor"], rows)
+                            "× floor", "whole step ms", "× floor", "compiled step ms", "× floor"], rows)
     report = "\n".join([
         f"# Batch-1 decoder step vs the memory-bandwidth floor ({device.tag})", "",
         f"Device: {device.line()}", "",
         f"Settings: code {git_revision()}, source {args.source_length} tokens, position {args.position}, "
         f"median of {args.steps} steps; measured bandwidth {rate / 1e9:.1f} GB/s (copy, read + write)", "",
         table, "",
-        "Issue 5's GPU target: the batch-1 step within 3× of its floor.", ""])
+        "Issue 13's GPU target: the batch-1 step within 3× of its floor (the compiled step: CUDA graphs).", ""])
     print(report)
     stem = args.out / f"{device.tag}-step"
     stem.parent.mkdir(parents=True, exist_ok=True)

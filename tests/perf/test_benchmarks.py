@@ -69,3 +69,12 @@ def test_step_against_the_bandwidth_floor(tmp_path: Path) -> None:
     # Weights read per step: at least the output projection (8,000 x 256 float32) and below the whole model.
     assert 8000 * 256 * 4 < result["bytes"] < result["parameters"] * 4
     assert 0 < result["floor"] < result["decode_step"] <= result["engine_step"] * 1.5
+
+
+def test_the_gpu_script_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu.sh --dry-run: the GPU lease's one command, every step on this CPU (tiny and short)."""
+    done = subprocess.run(["bash", "benchmarks/gpu.sh", "--dry-run"], cwd=REPO, capture_output=True, text=True,
+                          timeout=900, env={**__import__("os").environ, "PYTHON": sys.executable})
+    assert done.returncode == 0, done.stdout[-2000:]
+    steps = [line for line in done.stdout.splitlines() if line.startswith("== ") and ": exit " in line]
+    assert len(steps) == 4 and all(": exit 0 after" in line for line in steps), steps
