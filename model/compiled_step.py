@@ -24,8 +24,10 @@ optimisation, never a requirement.
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import time
+import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -72,6 +74,21 @@ class _Step(nn.Module):
         return torch.log_softmax(logits, dim=-1)
 
 
+_copies = itertools.count()
+
+
+def _own_step_class() -> type[_Step]:
+    """_Step with a forward of its own code object. Dynamo keeps compiled graphs per code object and tells
+    them apart by guards; with the model's guards skipped (for speed), two models, or a model loaded where
+    an unloaded one was (the same id), would share the first one's graphs, weights frozen in. A fresh code
+    object per graph family keeps every model's graphs its own."""
+    forward = _Step.forward
+    number = next(_copies)
+    code = forward.__code__.replace(co_name=f"forward_{number}")
+    fresh = types.FunctionType(code, forward.__globals__, code.co_name, forward.__defaults__, forward.__closure__)
+    return type(f"_Step{number}", (_Step,), {"forward": fresh})
+
+
 class CompiledStep:
     """The compiled step of one model: its graphs by (row bucket, group size), compiled on first use."""
 
@@ -95,9 +112,10 @@ class CompiledStep:
     def _function(self, group_size: int) -> Callable[..., torch.Tensor]:
         if group_size not in self._functions:
             on_cuda = self.device.type == "cuda"
-            step = _Step(self.model, group_size)
-            # The model never changes once loaded, so its parameters need no guards: checking them took
-            # 0.43 ms of every 7.5 ms step (bundled model, 32 rows).
+            step = _own_step_class()(self.model, group_size)
+            # The model never changes once loaded and its step has code of its own (_own_step_class), so
+            # its modules need no guards: checking them took 0.43 ms of every 7.5 ms step (bundled model,
+            # 32 rows), 0.10 ms without.
             self._functions[group_size] = torch.compile(
                 step, fullgraph=True, mode="reduce-overhead" if on_cuda else None,
                 options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})

@@ -47,6 +47,25 @@ def test_one_graph_gives_the_eager_steps_tokens(translators: tuple[Translator, T
     assert step.failed is None and set(step.compile_seconds) == {(1, 1)}
 
 
+def test_two_models_in_one_process_keep_their_own_graphs(translators: tuple[Translator, Translator],
+                                                         make_marian: Any, tmp_path: Path, helpers: Any) -> None:
+    """The graphs are compiled from one function: a second model must get graphs of its own, not reuse the
+    first model's (whose weights are frozen into them)."""
+    _, first = translators
+    make_marian(tmp_path, tokenizer=True, init_std=0.5, eos_boost=1.0, seed=9)
+    second, second_eager = Translator.load(tmp_path, compile="on"), Translator.load(tmp_path)
+    config = second.config
+    sources = helpers.random_sources(3, vocab_size=config.vocab_size, pad_id=config.pad_token_id,
+                                     eos_id=config.eos_token_id, seed=6)
+    options = SearchOptions(max_length=12)
+    for translator in (first, second, second_eager):
+        translator.max_batch_rows = 1
+    first.generate(sources, options)  # the first model's graph exists (and ran) before the second compiles
+    assert ([h[0].token_ids for h in second.generate(sources, options)]
+            == [h[0].token_ids for h in second_eager.generate(sources, options)])
+    assert set(second.model.compiled_step.compile_seconds) == {(1, 1)}
+
+
 @pytest.mark.slow  # each graph takes 10-15 s to compile on two cores; this one compiles six
 def test_every_bucket_and_beams_give_the_eager_steps_tokens(translators: tuple[Translator, Translator],
                                                             helpers: Any) -> None:
