@@ -321,9 +321,14 @@ class Batch:
             sources += [old_start + r for r in rows]
             tokens += next_tokens
             slots.append(slot)
-        if sources != list(range(len(sources))):
+        moved = [row for row, source in enumerate(sources) if source != row]
+        if moved:
             target_length = max((slot.position for slot in slots), default=0)
-            self.cache.gather(torch.tensor(sources, device=self.device), target_length=target_length)
+            if 2 * len(moved) < len(sources):  # a few rows moved (a text took a hole): copy just those
+                self.cache.move_self(torch.tensor([sources[row] for row in moved], device=self.device),
+                                     torch.tensor(moved, device=self.device), target_length=target_length)
+            else:  # beams reordered: every row through the spare buffer (kv_cache.py says why)
+                self.cache.gather(torch.tensor(sources, device=self.device), target_length=target_length)
         if cross_from:
             self.cache.move_cross(
                 torch.tensor(cross_from, device=self.device),

@@ -175,6 +175,15 @@ class KVCache:
         self.self_k, self._spare_k = self._spare_k, self.self_k
         self.self_v, self._spare_v = self._spare_v, self.self_v
 
+    def move_self(self, sources: torch.Tensor, destinations: torch.Tensor, *, target_length: int) -> None:
+        """Self-attention rows `destinations` become copies of rows `sources`, their first `target_length`
+        positions, in place; other rows stay. For a few rows (a finished text's hole filled by the last
+        text) this copies those rows twice instead of every active row once (:meth:`gather`): greedy
+        decoding compacts at almost every step, and copied all 32 rows of all layers each time."""
+        for buffer in (*self.self_k, *self.self_v):
+            view = buffer[:, :, :target_length]
+            view.index_copy_(0, destinations, torch.index_select(view, 0, sources))
+
     def move_cross(self, sources: torch.Tensor, destinations: torch.Tensor, *, source_length: int) -> None:
         """Cross-attention rows `destinations` become copies of rows `sources` (texts moving to other rows),
         their first `source_length` positions; other rows stay as they are.

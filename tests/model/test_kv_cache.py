@@ -244,6 +244,20 @@ def test_gather_moves_whole_self_attention_rows() -> None:
         assert torch.equal(buffer, torch.arange(4.0)[None, :, None, None, None].expand_as(buffer))
 
 
+def test_move_self_copies_only_the_named_rows_in_place() -> None:
+    cache = KVCache(2, 5, 2, 3, max_target_length=16, dtype=torch.float32, device="cpu", initial_length=4)
+    for buffers in (cache.self_k, cache.self_v):
+        _fill_rows(buffers)
+    # The last text (row 4) fills the hole at row 1; row 2 moves to 0 while 0 moves to 2 (a swap).
+    cache.move_self(torch.tensor([4, 2, 0]), torch.tensor([1, 0, 2]), target_length=3)
+    for buffers in (cache.self_k, cache.self_v):
+        buffer = _stacked(buffers)
+        for row, value in enumerate([2.0, 4.0, 0.0, 3.0, 4.0]):
+            assert torch.equal(buffer[:, row, :, :3], torch.full_like(buffer[:, row, :, :3], value)), row
+        assert torch.equal(buffer[:, :, :, 3], torch.arange(5.0)[None, :, None, None].expand_as(buffer[:, :, :, 3]))
+    assert cache._spare_k is None  # no spare buffer for a few rows
+
+
 def test_move_cross_copies_only_the_named_rows_even_when_they_overlap() -> None:
     cache = KVCache(2, 5, 2, 3, max_target_length=16, dtype=torch.float32, device="cpu", initial_length=4)
     for buffers in (cache.cross_k, cache.cross_v):
