@@ -211,6 +211,19 @@ class Translator:
         self._idle_core = core  # only a core that ran to the end is reused (no rows left in it)
         return [event.hypotheses or [] for event in events]
 
+    def compile_for(self, rows: int, beam_sizes: Sequence[int] = (1,)) -> float:
+        """With ``compile="on"``: compile now every decoder-step graph that calls of `rows` KV-cache rows at
+        these beam sizes will meet (what the server does before SERVING), so that no call waits for a
+        compile; returns the seconds it took (0 without a compiled step)."""
+        compiled = getattr(self.model, "compiled_step", None)
+        if compiled is None:
+            return 0.0
+        core = self._take_core(rows)
+        try:
+            return compiled.warm_up(core.batch.cache, sorted({1, *beam_sizes}), pad_token=self.config.pad_token_id)
+        finally:
+            self._idle_core = core
+
     def _take_core(self, rows: int) -> EngineCore:
         """The kept core if it has `rows` rows, else a new one. Taken, not shared: concurrent calls
         (threads) each decode with their own."""

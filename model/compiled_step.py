@@ -145,7 +145,10 @@ class CompiledStep:
             _dynamo().mark_dynamic(steps, 0)
             _dynamo().mark_dynamic(sources, 0)
             for buffer in (*cache.self_k, *cache.self_v, *cache.cross_k, *cache.cross_v):
-                _dynamo().mark_dynamic(buffer, 2)  # capacities grow without a new graph
+                # Capacities grow, and batches of other row counts use the same graphs.
+                _dynamo().mark_dynamic(buffer, 0)
+                _dynamo().mark_dynamic(buffer, 2)
+            _dynamo().mark_dynamic(cache.source_length, 0)
         key = (bucket, group_size)
         started = time.perf_counter()
         try:
