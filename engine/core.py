@@ -93,7 +93,7 @@ class EngineCore:
 
     def submit(self, request: Request) -> None:
         """Queue a request's texts (all or none); their events come out of later steps."""
-        self.scheduler.submit(request)
+        self.scheduler.submit(request, self.clock())
 
     def cancel(self, request_id: Hashable) -> int:
         return self.scheduler.cancel(request_id)

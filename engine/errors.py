@@ -14,6 +14,18 @@ class QueueFullError(Exception):
         )
 
 
+class DeadlineUnreachableError(Exception):
+    """The request cannot finish before its deadline even if it started now (its expected decoding time is
+    longer than the time left); nothing of it was queued, so it holds no queue room it cannot use."""
+
+    def __init__(self, seconds_left: float, expected_seconds: float) -> None:
+        self.seconds_left, self.expected_seconds = seconds_left, expected_seconds
+        super().__init__(
+            f"deadline too close: {max(seconds_left, 0.0) * 1000:.0f} ms left, decoding is expected to take "
+            f"{expected_seconds * 1000:.0f} ms at the current step time; allow a longer deadline"
+        )
+
+
 class EngineDeadError(Exception):
     """The model's engine thread stopped after a fault it could not contain; the model serves nothing now."""
 
@@ -24,4 +36,4 @@ class EngineDeadError(Exception):
         super().__init__(f"the engine of model {model!r} has stopped{what}; this replica cannot serve it")
 
 
-__all__ = ["EngineDeadError", "QueueFullError"]
+__all__ = ["DeadlineUnreachableError", "EngineDeadError", "QueueFullError"]

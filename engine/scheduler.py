@@ -41,7 +41,10 @@ Policy, and why:
 - **Shedding**: a text is not admitted when it cannot finish before its deadline: its expected
   output length (the source length times the output/source ratio seen so far, at most its max_length)
   times the recent step time. It ends DEADLINE at once instead of spending rows on an answer nobody
-  will read.
+  will read. A request one of whose texts could not finish in time even if admitted on arrival is
+  refused by ``submit`` (DeadlineUnreachableError), before it takes queue room: under overload with
+  short deadlines, such calls had filled the small queue for their whole deadline while the batch ran
+  short of work (the overload load test: the server busy 0.84 of its core, against 1.00 at capacity).
 
 Thread safety: ``submit`` and ``cancel`` come from the event loop's thread, the rest from the engine's;
 one lock guards the state, and ``wait_for_work`` lets an idle engine sleep until something arrives.
@@ -59,7 +62,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import QueueFullError
+from .errors import DeadlineUnreachableError, QueueFullError
 from .events import FinishReason
 
 Order = Literal["arrival", "longest_first"]
@@ -213,8 +216,10 @@ class Scheduler:
 
     # -- the event loop side -----------------------------------------------------------------
 
-    def submit(self, request: Request) -> None:
-        """Queue a request's texts, all or none (QueueFullError when they do not all fit now).
+    def submit(self, request: Request, now: float | None = None) -> None:
+        """Queue a request's texts, all or none (QueueFullError when they do not all fit now;
+        DeadlineUnreachableError, given the time `now`, when one of them cannot finish before the
+        request's deadline even if admitted at once: see Shedding).
 
         ValueError for what the caller should have checked: more texts than ``max_queue``, a text needing
         more than ``max_rows`` rows, a request id already in use.
@@ -228,6 +233,10 @@ class Scheduler:
         with self._cond:
             if self._num_waiting + len(texts) > self.max_queue:
                 raise QueueFullError(len(texts), self._num_waiting, self.max_queue)
+            if now is not None and request.deadline is not None:
+                slowest = max((self.expected_seconds(text) or 0.0 for text in texts), default=0.0)
+                if now + slowest > request.deadline:
+                    raise DeadlineUnreachableError(request.deadline - now, slowest)
             if request.request_id in self._requests:
                 raise ValueError(f"request id {request.request_id!r} is already in use")
             if not texts:

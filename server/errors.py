@@ -17,6 +17,7 @@ DrainingError              UNAVAILABLE          draining
 NotReadyError              UNAVAILABLE          not_ready
 EngineDeadError (engine)   UNAVAILABLE          engine_stopped
 DeadlineExceededError      DEADLINE_EXCEEDED    deadline
+DeadlineUnreachableError   DEADLINE_EXCEEDED    deadline
 TimeoutError               DEADLINE_EXCEEDED    deadline
 RequestCancelledError      CANCELLED            cancelled
 anything else              INTERNAL             internal   (traceback logged)
@@ -41,7 +42,7 @@ from typing import NoReturn
 
 import grpc
 
-from mtserve.engine.errors import EngineDeadError, QueueFullError
+from mtserve.engine.errors import DeadlineUnreachableError, EngineDeadError, QueueFullError
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,8 @@ def status_for(exc: BaseException, *, request_id: str | None = None) -> Status:
         return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), "queue_full")
     if isinstance(exc, EngineDeadError):
         return Status(grpc.StatusCode.UNAVAILABLE, str(exc), "engine_stopped")
+    if isinstance(exc, DeadlineUnreachableError):
+        return Status(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc), "deadline")
     # Timeouts of awaited work; on Python 3.10 the asyncio and futures ones are not the builtin.
     if isinstance(exc, TimeoutError | asyncio.TimeoutError | concurrent.futures.TimeoutError):
         return Status(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "deadline exceeded", "deadline")

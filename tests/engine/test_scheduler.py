@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from mtserve.engine.errors import QueueFullError
+from mtserve.engine.errors import DeadlineUnreachableError, QueueFullError
 from mtserve.engine.events import FinishReason
 from mtserve.engine.scheduler import Request, Scheduler, Text, TextState
 
@@ -273,6 +273,28 @@ def test_a_text_that_cannot_finish_in_time_is_shed_at_admission():
     assert ids(out.admitted) == ["fine", "any"]
     capped = t("capped", tokens=1000, max_tokens=5)  # at most max_tokens whatever the ratio says
     assert s.expected_seconds(capped) == pytest.approx(0.5)
+
+
+def test_a_request_that_cannot_finish_even_if_started_now_is_refused_on_submit():
+    """It would hold queue room until its deadline for nothing: refused at once, nothing of it queued."""
+    s = make(max_rows=4, max_queue=3)
+    s.submit(req("unmeasured", at=0.0, deadline=0.001), now=0.0)  # no estimate yet: queued
+    s.observe_step(0.1)
+    s.observe_output(source_tokens=10, output_tokens=12)  # 1.3 s expected for 10 source tokens
+    with pytest.raises(DeadlineUnreachableError, match="1300 ms") as refused:
+        s.submit(req("hopeless", t("a", tokens=2), t("b", tokens=10), at=0.0, deadline=1.0), now=0.0)
+    assert refused.value.seconds_left == pytest.approx(1.0)
+    assert s.num_waiting == 1  # neither text of it was queued, and the queue still has room
+    s.submit(req("just", at=0.0, deadline=1.3), now=0.0)
+    assert s.num_waiting == 2
+
+
+def test_submit_without_a_time_leaves_shedding_to_admission():
+    s = make(max_rows=4)
+    s.observe_step(0.1)
+    s.observe_output(source_tokens=10, output_tokens=12)
+    s.submit(req("late", at=0.0, deadline=1.0))  # queued: admission sheds it
+    assert aborts(s.schedule(0.0)) == [("late", FinishReason.DEADLINE, False)]
 
 
 def test_resize_and_abort_all():

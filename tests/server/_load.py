@@ -34,6 +34,7 @@ class Call:
     cancelled_by_us: bool = False
     details: str = ""
     ended: float = 0.0  # seconds from the start of the load
+    output_tokens: int = 0  # of a unary call's answer: its texts' best translations, </s> included
 
 
 @dataclass
@@ -74,6 +75,7 @@ async def _one(stub: Any, request: Any, deadline: float | None, kind: str, cance
         request, timeout=deadline)
     ours = False
     details = ""
+    output_tokens = 0
 
     def cancel() -> None:
         nonlocal ours
@@ -83,7 +85,7 @@ async def _one(stub: Any, request: Any, deadline: float | None, kind: str, cance
     timer = asyncio.get_running_loop().call_later(cancel_after, cancel) if cancel_after is not None else None
     try:
         if kind == "unary":
-            await call
+            output_tokens = sum(result.output_tokens for result in (await call).results)
         else:
             async for _ in call:
                 pass
@@ -95,7 +97,7 @@ async def _one(stub: Any, request: Any, deadline: float | None, kind: str, cance
     finally:
         if timer is not None:
             timer.cancel()
-    return Call(code, time.monotonic() - started, deadline, ours, details)
+    return Call(code, time.monotonic() - started, deadline, ours, details, output_tokens=output_tokens)
 
 
 def closed_loop(
@@ -167,6 +169,16 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time a process has used so far (Linux /proc; this process when pid is None)."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

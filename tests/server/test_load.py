@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
-from _load import REPORT, LoadResult, closed_loop, in_background, rss_bytes, translate_request
+from _load import REPORT, LoadResult, closed_loop, cpu_seconds, in_background, rss_bytes, translate_request
 from prometheus_client.parser import text_string_to_metric_families
 
 from mtserve.proto.api import pb2, pb2_grpc
@@ -134,8 +134,15 @@ OVERLOAD_ARGS = ("--max-batch-rows", "16", "--max-queue", "8")
 @pytest.mark.parametrize("served", [OVERLOAD_ARGS], indirect=True)
 def test_overload_sheds_and_still_delivers_capacity(served: Served, scale: float) -> None:
     """Three times the clients the batch can serve, short deadlines, a small queue: every call ends OK,
-    RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED within its deadline + 1 s, and the successful calls per second
-    stay at 0.8x capacity or more (work that cannot meet its deadline is shed, not decoded)."""
+    RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED within its deadline + 1 s; work that cannot meet its deadline is
+    shed, not decoded (at least 96% of the tokens the decoder generates reach a caller in an OK answer); and
+    the successful calls per second stay at 0.6x capacity or more.
+
+    Why these two figures: the share of decoded tokens delivered is what shedding controls, and it does not
+    depend on the machine. The throughput ratio does: the load generator shares the 2 cores, and answering
+    ~150 refusals a second costs the server's event loop CPU time that its engine thread (sharing the GIL)
+    would have used: 0.86-0.99x on a 2-core AMD EPYC, 0.71-0.86x on a 2-core Xeon (both before and after
+    the speed work of issue 13); the floor catches a collapse, not that."""
     seconds = 5.0 * scale
     rss_before = served.rss()
     closed_loop(served.address, _greedy(), workers=16, seconds=1.0)  # warm-up
@@ -145,30 +152,52 @@ def test_overload_sheds_and_still_delivers_capacity(served: Served, scale: float
         return request, rng.uniform(0.05, 0.5), kind
 
     # Capacity and overload are measured back to back; a second pair is measured when the first falls
-    # short, so that another process taking a core for a few seconds on a 2-core machine (a CI run once
-    # saw 0.69x where 0.86-0.99x is usual) is not read as a shedding fault. Every call of both pairs is
-    # checked; the better ratio must reach 0.8.
-    ratios = []
+    # short, so that another process taking a core for a few seconds is not read as a shedding fault.
+    # Every call of both pairs is checked; the better pair must meet both figures.
+    pairs: list[tuple[float, float]] = []
     for attempt in range(2):
+        cpu = _CpuUse(served)
         capacity = closed_loop(served.address, _greedy(), workers=16, seconds=seconds)
+        capacity_cpu = cpu.since()
         # (A few RESOURCE_EXHAUSTED even here: texts that arrive within one step wait for the next one.)
         assert set(capacity.codes()) <= {"OK", "RESOURCE_EXHAUSTED"}, capacity.codes()
+        generated_before = served.metric("mtserve_generated_tokens_total", model="tiny")
+        cpu = _CpuUse(served)
         overload = closed_loop(served.address, with_deadline, workers=48, seconds=seconds)
+        overload_cpu = cpu.since()
+        helpers_wait(served.idle, "the batch to empty")
+        generated = served.metric("mtserve_generated_tokens_total", model="tiny") - generated_before
+        delivered = sum(call.output_tokens for call in overload.calls if call.code == "OK")
         codes = overload.codes()
         late = [c for c in overload.calls if c.deadline is not None and c.seconds > c.deadline + 1.0]
-        ratios.append(overload.rate() / capacity.rate())
-        suffix = f" (measured again: {ratios[0]:.2f}x the first time)" if attempt else ""
-        REPORT.add("overload: capacity (16 clients)", _figures(capacity))
+        pairs.append((overload.rate() / capacity.rate(), delivered / generated))
+        suffix = f" (measured again: {pairs[0][0]:.2f}x, {pairs[0][1]:.0%} the first time)" if attempt else ""
+        REPORT.add("overload: capacity (16 clients)", f"{_figures(capacity)}; {capacity_cpu}")
         REPORT.add("overload: 48 clients, deadlines 0.05-0.5 s, --max-queue 8",
-                   f"{_figures(overload)}; {ratios[-1]:.2f}x capacity{suffix}")
+                   f"{_figures(overload)}; {overload_cpu}; {pairs[-1][0]:.2f}x capacity; "
+                   f"{delivered} of {generated:.0f} decoded tokens delivered ({pairs[-1][1]:.0%}){suffix}")
         assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, codes
         assert not late, late[:5]
-        if ratios[-1] >= 0.8:
+        if pairs[-1][0] >= 0.6 and pairs[-1][1] >= 0.96:
             break
-    assert max(ratios) >= 0.8, ratios
+    assert any(ratio >= 0.6 and share >= 0.96 for ratio, share in pairs), pairs
     helpers_wait(served.idle, "the gauges and rows to come back to 0")
     assert served.translates()
     REPORT.add("overload: resident memory", f"{rss_before / 2**20:.0f} MB before, {served.rss() / 2**20:.0f} MB after")
+
+
+class _CpuUse:
+    """CPU seconds the server and this (client) process use from now on: on a 2-core machine the load
+    generator competes with the server, and more clients take more of the machine."""
+
+    def __init__(self, served: Served) -> None:
+        self.pid = served.process.process.pid
+        self.wall, self.server, self.client = time.monotonic(), cpu_seconds(self.pid), cpu_seconds()
+
+    def since(self) -> str:
+        wall = time.monotonic() - self.wall
+        server, client = cpu_seconds(self.pid) - self.server, cpu_seconds() - self.client
+        return f"CPU: server {server / wall:.2f} cores, clients {client / wall:.2f}"
 
 
 def helpers_wait(predicate: Any, what: str, timeout: float = 30.0) -> None:
