@@ -137,6 +137,14 @@ class CompiledStep:
             positions = torch.cat([positions, positions.new_zeros(bucket - count)])
         if self.device.type == "cuda":  # static shapes for CUDA graphs: the whole capacity, masked
             target_length, source_length = cache.target_capacity, cache.source_capacity
+        else:
+            # At least 2: torch.compile turns a dynamic size of 1 into a constant, and every batch starts
+            # at target length 1, so graphs compiled there served no later step, and graphs compiled
+            # later none of the first steps (each bucket compiled twice). The extra position is masked
+            # (attention_biases: beyond a row's position or source length) and the cache holds it
+            # (capacities start at 16).
+            target_length = min(max(target_length, 2), cache.target_capacity)
+            source_length = min(max(source_length, 2), cache.source_capacity)
         steps = torch.empty(target_length, dtype=torch.int8, device=self.device)  # only their sizes are read
         sources = torch.empty(source_length, dtype=torch.int8, device=self.device)
         _dynamo().mark_static(tokens, 0)  # a graph per bucket, whatever the row counts seen before
@@ -168,16 +176,17 @@ class CompiledStep:
                      self.compile_seconds[key])
         return logprobs[:count]
 
+    @torch.inference_mode()  # as the engine's steps run: torch.compile guards on inference tensors too
     def warm_up(self, cache: KVCache, group_sizes: Iterable[int] = (1,), pad_token: int = 0) -> float:
         """Compile every bucket of these group sizes now (the server does this before SERVING); returns the
         seconds it took. The cache's rows are written (free rows: the caller's batch is empty)."""
         started = time.perf_counter()
         cache.reserve(target_length=2, source_length=2)
         cache.set_source_length(torch.arange(cache.num_rows, device=cache.device),
-                                torch.ones(cache.num_rows, dtype=torch.long, device=cache.device))
+                                torch.full((cache.num_rows,), 2, dtype=torch.long, device=cache.device))
         for group_size in group_sizes:
             for bucket in buckets_for(cache.num_rows, group_size):
                 tokens = torch.full((bucket,), pad_token, dtype=torch.long, device=self.device)
-                if self(tokens, torch.zeros_like(tokens), cache, 1, 1, group_size, pad_token) is None:
+                if self(tokens, torch.zeros_like(tokens), cache, 1, 2, group_size, pad_token) is None:
                     return time.perf_counter() - started
         return time.perf_counter() - started

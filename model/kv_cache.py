@@ -74,13 +74,18 @@ class KVCache:
 
     def _buffers(self, length: int) -> list[torch.Tensor]:
         rows, heads, dim = self._shape
-        return [torch.zeros(rows, heads, length, dim, dtype=self.dtype, device=self.device)  # (R, H, T, D)
-                for _ in range(self.num_layers)]
+        # Always ordinary tensors, never inference tensors, whether the cache grows inside inference_mode
+        # (the engine's steps) or outside it (construction, the compiled step's warm-up): torch.compile
+        # guards on the kind, and a cache holding both recompiled every graph the first time it grew.
+        with torch.inference_mode(False):
+            return [torch.zeros(rows, heads, length, dim, dtype=self.dtype, device=self.device)  # (R, H, T, D)
+                    for _ in range(self.num_layers)]
 
     def _grown(self, old: list[torch.Tensor], length: int) -> list[torch.Tensor]:
         new = self._buffers(length)
-        for fresh, kept in zip(new, old, strict=False):  # old is [] at the first allocation
-            fresh[:, :, : kept.shape[2]] = kept
+        with torch.inference_mode(False):
+            for fresh, kept in zip(new, old, strict=False):  # old is [] at the first allocation
+                fresh[:, :, : kept.shape[2]] = kept
         return new
 
     def _allocate_self(self, length: int) -> None:

@@ -33,7 +33,12 @@ def translators(make_marian: Any, tmp_path_factory: pytest.TempPathFactory) -> t
 
 
 def test_one_graph_gives_the_eager_steps_tokens(translators: tuple[Translator, Translator], helpers: Any) -> None:
-    """One text at a time: one graph (bucket 1), compiled once and reused for every step of every text."""
+    """One text at a time: one graph (bucket 1), compiled once before decoding (compile_for, what the server
+    does before SERVING) and reused for every step of every text: decoding compiles nothing more (graphs
+    warmed up at length 1, or on ordinary tensors where the steps run on inference tensors, were compiled
+    again by the first steps)."""
+    from torch._dynamo.utils import counters
+
     eager, compiled = translators
     config = eager.config
     sources = helpers.random_sources(3, vocab_size=config.vocab_size, pad_id=config.pad_token_id,
@@ -42,7 +47,10 @@ def test_one_graph_gives_the_eager_steps_tokens(translators: tuple[Translator, T
     for translator in (eager, compiled):
         translator.max_batch_rows = 1
     expected = [h[0].token_ids for h in eager.generate(sources, options)]
+    assert compiled.compile_for(1, [1]) > 0
+    graphs = counters["stats"]["unique_graphs"]
     assert [h[0].token_ids for h in compiled.generate(sources, options)] == expected
+    assert counters["stats"]["unique_graphs"] == graphs, "decoding compiled graphs the warm-up should have"
     step = compiled.model.compiled_step
     assert step.failed is None and set(step.compile_seconds) == {(1, 1)}
 
