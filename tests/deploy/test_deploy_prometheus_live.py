@@ -128,6 +128,13 @@ def without_thresholds(expr: str) -> str:
     return re.sub(r"\s*(?:>|<|>=|<=|==|!=)\s*-?\d+(?:\.\d+)?", "", expr)
 
 
+def waiting_texts(replica: Replica) -> float:
+    """The replica's mtserve_texts_waiting gauge, summed over its models."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{replica.metrics_port}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("mtserve_texts_waiting{"))
+
+
 def traffic(replica: Replica) -> None:
     texts = ["Guten Morgen!", "Wie spät ist es?"]
     with TranslationClient(replica.address, timeout=60, retries=0) as client:
@@ -138,12 +145,15 @@ def traffic(replica: Replica) -> None:
         with pytest.raises(TranslationError):  # InvalidArgument: refused, not a server-side error
             client.translate(texts, beam_size=99)
 
-        # A call that fills the queue, then one the queue has no room for (RESOURCE_EXHAUSTED, queue_full).
+        # A call that fills the queue, then one the queue has no room for (RESOURCE_EXHAUSTED, queue_full):
+        # as many texts as the queue holds, sent once the first call's texts are seen waiting (a fixed
+        # sleep raced the engine: a faster step had drained enough of the queue in 0.2 s to let it in).
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             filling = pool.submit(client.translate, [LONG_TEXT] * QUEUE)
-            time.sleep(0.2)
+            wait_until(lambda: waiting_texts(replica) > 0, "the filling call's texts to wait in the queue", 30,
+                       lambda: log_tail(replica.log_path))
             with pytest.raises(TranslationError) as refused:
-                client.translate(texts * 2)
+                client.translate(["Guten Morgen!"] * QUEUE)
             assert len(filling.result(timeout=60)) == QUEUE
         assert refused.value.code.name == "RESOURCE_EXHAUSTED" and "queue" in refused.value.details, refused.value
         # Long texts on a batch of two rows take longer than this deadline: it passes while they decode.
