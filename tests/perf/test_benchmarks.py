@@ -71,6 +71,18 @@ def test_step_against_the_bandwidth_floor(tmp_path: Path) -> None:
     assert 0 < result["floor"] < result["decode_step"] <= result["engine_step"] * 1.5
 
 
+def test_int8_kernels_compute_the_layer(tmp_path: Path) -> None:
+    done = _run("benchmarks.int8_kernels", "--rows", "1", "32", "--steps", "3", "--threads", "1",
+                "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((tmp_path / "cpu-1threads-int8-kernels.json").read_text())
+    assert len(data["measurements"]) == 16
+    for m in data["measurements"]:
+        assert m["float32_s"] > 0 and "dynamic_s" in m, m
+        # Each kernel that ran computes the layer, up to int8 rounding.
+        assert all(m[key] < 0.05 for key in m if key.endswith("_error")), m
+
+
 def test_the_gpu_script_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     """benchmarks/gpu.sh --dry-run: the GPU lease's one command, every step on this CPU (tiny and short)."""
     done = subprocess.run(["bash", "benchmarks/gpu.sh", "--dry-run"], cwd=REPO, capture_output=True, text=True,
