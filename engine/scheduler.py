@@ -42,9 +42,8 @@ Policy, and why:
   output length (the source length times the output/source ratio seen so far, at most its max_length)
   times the recent step time. It ends DEADLINE at once instead of spending rows on an answer nobody
   will read. A request one of whose texts could not finish in time even if admitted on arrival is
-  refused by ``submit`` (DeadlineUnreachableError), before it takes queue room: under overload with
-  short deadlines, such calls had filled the small queue for their whole deadline while the batch ran
-  short of work (the overload load test: the server busy 0.84 of its core, against 1.00 at capacity).
+  refused by ``submit`` (DeadlineUnreachableError), before it takes queue room that a call which can
+  finish could use (when the core passes the time; without it, admission sheds it as above).
 
 Thread safety: ``submit`` and ``cancel`` come from the event loop's thread, the rest from the engine's;
 one lock guards the state, and ``wait_for_work`` lets an idle engine sleep until something arrives.
