@@ -97,6 +97,10 @@ class Device:
             return "cuda-" + re.sub(r"[^a-z0-9]+", "-", self.gpu.lower()).strip("-")
         return f"cpu-{self.threads}threads"
 
+    def record(self) -> dict[str, Any]:
+        """The fields, and the tag, as the results' JSON records the device."""
+        return self.__dict__ | {"tag": self.tag}
+
     def line(self) -> str:
         """One human line: what ran, on what."""
         where = f"GPU {self.gpu} (float16)" if self.kind == "cuda" else "CPU (float32)"
@@ -148,3 +152,10 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_results(stem: Path, report: str, data: Any) -> None:
+    """A benchmark's results: the markdown report at STEM.md and the data at STEM.json."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".md").write_text(report, encoding="utf-8")
+    write_json(stem.with_suffix(".json"), data)

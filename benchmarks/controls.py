@@ -33,7 +33,7 @@ from .common import (
     load_sentences,
     markdown_table,
     set_torch_threads,
-    write_json,
+    write_results,
 )
 
 
@@ -100,11 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     report = (f"{title}\n\n{table}\n\n{align_title}\n\n{align_table}\n\nTerminology (glossary of "
               f"{len(GLOSSARY)} terms, template sentences)\n\n{term_table}\n")
     print(report)
-    out = Path(RESULTS) / f"{device.tag}-controls"
-    out.with_suffix(".md").write_text(report, encoding="utf-8")
-    write_json(out.with_suffix(".json"), {"title": title, "headers": headers, "rows": rows,
-                                          "alignments": {"headers": align_headers, "rows": align_rows},
-                                          "terminology": {"headers": term_headers, "rows": term_rows}})
+    write_results(Path(RESULTS) / f"{device.tag}-controls", report, {
+        "title": title, "headers": headers, "rows": rows,
+        "alignments": {"headers": align_headers, "rows": align_rows},
+        "terminology": {"headers": term_headers, "rows": term_rows}})
     return 0
 
 

@@ -41,7 +41,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import RESULTS, default_threads, detect_device, git_revision, markdown_table, set_torch_threads, write_json
+from .common import (
+    RESULTS,
+    default_threads,
+    detect_device,
+    git_revision,
+    markdown_table,
+    set_torch_threads,
+    write_results,
+)
 from .step import timed
 
 log = logging.getLogger("benchmarks.int8_kernels")
@@ -168,11 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         markdown_table(headers, table), "",
     ])
     print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{device.tag}-int8-kernels"
-    stem.with_suffix(".md").write_text(report, encoding="utf-8")
-    write_json(stem.with_suffix(".json"), {"device": device.__dict__ | {"tag": device.tag},
-                                           "measurements": measurements})
+    write_results(args.out / f"{device.tag}-int8-kernels", report,
+                  {"device": device.record(), "measurements": measurements})
     return 0
 
 

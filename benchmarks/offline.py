@@ -37,7 +37,7 @@ from .common import (
     git_revision,
     load_sentences,
     markdown_table,
-    write_json,
+    write_results,
 )
 from .engines import DEFAULT_ENGINES, ENGINES
 from .models import SHAPES, ModelSpec, ct2_model, default_model, random_model, resolve_vocab
@@ -283,13 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "warm-up sentences": args.warmup, "threads": threads}
     report = render(measurements, device, settings, notes)
     print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
     # The like-for-like run (CTranslate2's stopping rule for everyone) is kept beside the default one.
     multilingual = "-multilingual" if set(args.models) <= set(FAMILIES) else ""
     stem = args.out / (f"{device.tag}-offline{multilingual}" + ("-early-stopping" if args.early_stopping else ""))
-    stem.with_suffix(".md").write_text(report, encoding="utf-8")
-    write_json(stem.with_suffix(".json"), {
-        "device": device.__dict__ | {"tag": device.tag}, "settings": settings, "notes": notes,
+    write_results(stem, report, {
+        "device": device.record(), "settings": settings, "notes": notes,
         "measurements": [{k: v for k, v in m.__dict__.items() if k != "outputs"} | {"tokens_per_s": m.tokens_per_s}
                          for m in measurements],
         "agreement": agreement(measurements),

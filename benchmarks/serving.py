@@ -32,7 +32,7 @@ from .common import (
     git_revision,
     load_sentences,
     markdown_table,
-    write_json,
+    write_results,
 )
 from .server_process import ServerProcess, mtserve_command
 
@@ -264,15 +264,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     title = "Serving, quick check at concurrency 32" if args.quick else "Serving throughput and latency"
     report = render(points, device, settings, notes, configs, title)
     print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
     from .multilingual_models import FAMILIES
 
     family = f"-{args.model}" if str(args.model) in FAMILIES else ""
     peer = f"-ct2-peer-{'greedy' if args.beam_size == 1 else f'beam{args.beam_size}'}" if args.ct2_peer else ""
     stem = args.out / f"{device.tag}-serving{family}{peer}{'-quick' if args.quick else ''}"
-    stem.with_suffix(".md").write_text(report, encoding="utf-8")
-    write_json(stem.with_suffix(".json"), {
-        "device": device.__dict__ | {"tag": device.tag}, "settings": settings, "notes": notes,
+    write_results(stem, report, {
+        "device": device.record(), "settings": settings, "notes": notes,
         "configs": [c.__dict__ for c in configs],
         "points": [{"config": p.config, "concurrency": p.concurrency, **p.report} for p in points],
     })

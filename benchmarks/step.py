@@ -33,7 +33,7 @@ from .common import (
     load_sentences,
     markdown_table,
     set_torch_threads,
-    write_json,
+    write_results,
 )
 from .models import default_model, random_model, resolve_vocab
 
@@ -185,10 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         table, "",
         "Issue 13's GPU target: the batch-1 step within 3× of its floor (the compiled step: CUDA graphs).", ""])
     print(report)
-    stem = args.out / f"{device.tag}-step"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".md").write_text(report, encoding="utf-8")
-    write_json(stem.with_suffix(".json"), {"device": device.line(), "bandwidth": rate, "results": results})
+    write_results(args.out / f"{device.tag}-step", report,
+                  {"device": device.line(), "bandwidth": rate, "results": results})
     return 0
 
 
