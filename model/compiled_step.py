@@ -23,6 +23,7 @@ optimisation, never a requirement.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 import logging
@@ -44,6 +45,7 @@ COMPILE_MODES = ("off", "on")
 ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
+@functools.cache  # looked up some 30 times a step (marking the cache's buffers): once is enough
 def _dynamo() -> Any:
     """torch._dynamo, imported when first needed: torch's compiler costs 1.2 s and 70 MB of resident memory
     to import, which a process that does not compile should not pay."""

@@ -18,6 +18,7 @@ parallel corpus; benchmarks/README.md gives the measured speed and BLEU/chrF cha
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +33,10 @@ class Shortlist:
     always: frozenset[int]
     entries: dict[tuple[int, ...], frozenset[int]]
 
-    @property
+    @functools.cached_property
     def longest(self) -> int:
-        """The longest source n-gram with an entry."""
+        """The longest source n-gram with an entry (once: every text's admission asks, and a map has tens of
+        thousands of entries)."""
         return max((len(key) for key in self.entries), default=1)
 
     def allowed(self, source_ids: Sequence[int], extra: Iterable[int] = ()) -> frozenset[int]:
