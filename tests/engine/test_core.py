@@ -16,6 +16,7 @@ from _tiny_model import EOS
 
 from mtserve.engine.batch import NewText
 from mtserve.engine.core import EngineCore, is_out_of_memory
+from mtserve.engine.errors import DeadlineUnreachableError
 from mtserve.engine.events import FinishReason, TextEvent
 from mtserve.engine.scheduler import Request, Scheduler, Text
 from mtserve.model.options import SearchOptions
@@ -195,6 +196,47 @@ def test_a_fault_fails_only_the_text_that_causes_it(varied: Transformer, phase: 
             work = text.work
             assert run.tokens(text) == _alone(varied, work.options.max_length, work.options.beam_size,
                                               seed=text.text_id[1])
+
+
+def test_a_full_batch_with_a_cancel_a_passing_deadline_a_fault_and_a_refusal_fails_nobody_else(
+        varied: Transformer) -> None:
+    """All at once, at a full batch: a running text cancelled, one whose deadline passes, one whose step
+    fails, and a call refused on submit because it cannot meet its deadline. The other texts decode what
+    they decode alone, and every row comes back."""
+    clock = Clock()
+    core = make(varied, rows=10, clock=clock)
+    run = Run(core)
+    innocents = submit(core, "a", 9, texts=2) + submit(core, "b", 14, beam=2, texts=2)  # 6 rows
+    [cancelled] = submit(core, "cancelled", 30)
+    [expiring] = submit(core, "expiring", 30, deadline=2.0)
+    [culprit] = submit(core, "culprit", 30, beam=2)
+
+    def inject(where: str, part: Sequence[Text]) -> None:
+        if where == "decode" and culprit in part and clock.now >= 1.0:
+            raise ValueError("injected fault")
+
+    core.inject = inject
+    run.step()
+    assert core.batch.free_rows == 0  # the batch is full
+    waiting = submit(core, "c", 5, texts=2)
+    core.scheduler.observe_step(10.0)  # slow steps now (smoothed: about 1 s a step), as long as sources:
+    core.scheduler.observe_output(source_tokens=6, output_tokens=6)  # 5 tokens cannot fit in the 1 s left
+    with pytest.raises(DeadlineUnreachableError):
+        submit(core, "hopeless", 5, deadline=clock.now + 1.0)
+    assert core.scheduler.num_waiting == 2  # nothing of the refused call was queued
+    assert core.cancel("cancelled") == 1
+    clock.now = 1.0
+    run.step()  # the culprit's step fails; the cancelled text leaves
+    clock.now = 2.0
+    run.step()  # the deadline passes
+    run.to_end()
+    assert run.ending(cancelled).finish_reason is FinishReason.CANCELLED
+    assert run.ending(expiring).finish_reason is FinishReason.DEADLINE
+    assert run.ending(culprit).finish_reason is FinishReason.FAILED
+    for text in innocents + waiting:
+        work = text.work
+        assert run.tokens(text) == _alone(varied, work.options.max_length, work.options.beam_size,
+                                          seed=text.text_id[1])
 
 
 def test_out_of_memory_retries_at_half_the_rows_and_fails_nobody(varied: Transformer) -> None:
